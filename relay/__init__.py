@@ -1,0 +1,33 @@
+"""relay: a Postgres outbox relay daemon.
+
+Apps write events into ``relay.outbox`` inside their own transactions (``relay.emit``);
+``relay run`` turns each row into signed, retried, replayable webhook deliveries.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from relay.errors import (  # noqa: E402
+    ConfigError,
+    DatabaseError,
+    EmitError,
+    MappingError,
+    NotFound,
+    RelayError,
+    ValidationError,
+)
+from relay.outbox import emit, emit_async  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "DatabaseError",
+    "EmitError",
+    "MappingError",
+    "NotFound",
+    "RelayError",
+    "ValidationError",
+    "__version__",
+    "emit",
+    "emit_async",
+]

@@ -1,0 +1,36 @@
+"""The relay error hierarchy: one root, driver errors translated at the boundary."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of every error relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting has a bad value; the message names the setting."""
+
+
+class ValidationError(RelayError):
+    """User input (a subscription field, an event) is invalid; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(RelayError):
+    """A subscription, delivery or event type does not exist."""
+
+
+class EmitError(RelayError):
+    """An event could not be written to the outbox (unknown type, bad payload)."""
+
+
+class DatabaseError(RelayError):
+    """Postgres could not be reached or refused a statement relay expected to work."""
+
+
+class MappingError(RelayError):
+    """A subscription's body map could not be applied to a notification."""
