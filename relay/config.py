@@ -1,0 +1,216 @@
+"""Daemon settings: one table drives flags, ``RELAY_*`` variables, validation and docs.
+
+Each :class:`Setting` is exposed as ``--name-with-dashes`` on ``relay run`` and as
+``RELAY_NAME_IN_CAPS`` in the environment (so a systemd ``EnvironmentFile=`` can hold them).
+Precedence: flag > environment > default. A bad value raises :class:`ConfigError` naming the
+setting, before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ConfigError
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _addr(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9465")
+    return raw
+
+
+def _networks(raw: str) -> str:
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        ipaddress.ip_network(part, strict=False)
+    return raw
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "RELAY_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database_url", _text, None,
+            "Postgres URL. Unset: an embedded Postgres under the state directory.", secret=True),
+    Setting("state_dir", _text, None,
+            "Where the embedded Postgres keeps its data (default ~/.local/state/relay)."),
+    Setting("metrics_addr", _addr, "127.0.0.1:9465",
+            "HOST:PORT for /metrics, /healthz and /readyz."),
+    Setting("concurrency", _positive_int, 64, "HTTP requests in flight at once."),
+    Setting("claim_batch", _positive_int, 100, "Most deliveries claimed per claim query."),
+    Setting("dispatch_batch", _positive_int, 500, "Most outbox rows fanned out per transaction."),
+    Setting("poll_interval", _positive_float, 5.0,
+            "Seconds between safety-net polls (NOTIFY wakes relay sooner)."),
+    Setting("listen", _bool, True,
+            "Use LISTEN/NOTIFY wake-ups; false for PgBouncer transaction pooling (poll only)."),
+    Setting("lease_seconds", _positive_float, 60.0,
+            "How long a claim is held; a crashed relay's work is retaken after this."),
+    Setting("drain_timeout", _positive_float, 10.0,
+            "Seconds SIGTERM waits for in-flight requests before releasing them."),
+    Setting("gauge_interval", _positive_float, 5.0,
+            "Seconds between refreshes of the backlog/pending/dead gauges."),
+    Setting("allowed_networks", _networks, "",
+            "Comma-separated CIDRs that delivery may reach although private/loopback."),
+    Setting("pool_size", _positive_int, 8, "Database connections in the pool."),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
+    Setting("log_format", _choice("auto", "json", "text"), "auto",
+            "json, text, or auto (text on a TTY, JSON lines otherwise)."),
+    Setting("relay_id", _text, None, "This relay's name in leases and logs (default host-pid)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings of one ``relay run``. ``repr`` masks the database password."""
+
+    database_url: str | None = None
+    state_dir: str | None = None
+    metrics_addr: str = "127.0.0.1:9465"
+    concurrency: int = 64
+    claim_batch: int = 100
+    dispatch_batch: int = 500
+    poll_interval: float = 5.0
+    listen: bool = True
+    lease_seconds: float = 60.0
+    drain_timeout: float = 10.0
+    gauge_interval: float = 5.0
+    allowed_networks: str = ""
+    pool_size: int = 8
+    log_level: str = "info"
+    log_format: str = "auto"
+    relay_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"Config({items})"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict, with secrets (the database password) masked."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            out[s.name] = mask_url(value) if s.secret and value else value
+        return out
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int]:
+        host, _, port = self.metrics_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def effective_relay_id(self) -> str:
+        return self.relay_id or default_relay_id()
+
+    @property
+    def effective_state_dir(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir)
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "relay"
+
+
+def default_relay_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, has_pw, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if has_pw else ''}@{host}"
+
+
+def load(
+    flags: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a :class:`Config` from raw flag values and the environment.
+
+    ``flags`` maps setting names to the raw strings given on the command line (None = not
+    given). Raises :class:`ConfigError` naming the setting (flag and variable) on a bad value.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = flags.get(s.name)
+        source = s.flag
+        if raw is None:
+            raw = environ.get(s.env)
+            source = s.env
+        if raw is None or (raw == "" and s.default is None):
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            shown = "***" if s.secret else repr(raw)
+            raise ConfigError(f"{source} ({s.name}): {exc} (got {shown})") from None
+    unknown = set(flags) - set(_BY_NAME)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(Config(), **values)
