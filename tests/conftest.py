@@ -23,6 +23,8 @@ from psycopg import sql
 
 from relay.migrate import migrate
 
+pytest_plugins = ["tests.fixtures_receiver"]
+
 TEMPLATE_DB = f"relay_test_template_{os.getpid()}"
 
 

@@ -126,6 +126,20 @@ CREATE TABLE relay.relays (
     last_seen   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Shared gauges: one relay per interval computes them (the UPDATE that finds the row stale
+-- wins), every relay exports the same numbers, so dashboards may take max() over instances.
+CREATE TABLE relay.stats (
+    id                  integer PRIMARY KEY CHECK (id = 1),
+    outbox_backlog      bigint NOT NULL DEFAULT 0,
+    deliveries_pending  bigint NOT NULL DEFAULT 0,
+    deliveries_dead     bigint NOT NULL DEFAULT 0,
+    oldest_pending_age  double precision NOT NULL DEFAULT 0,
+    relays_seen         integer NOT NULL DEFAULT 0,
+    refreshed_by        text,
+    refreshed_at        timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO relay.stats (id) VALUES (1);
+
 -- Wake-ups: one small notification per inserting statement (NOTIFY folds duplicates within a
 -- transaction), never the payload.
 CREATE FUNCTION relay.notify_outbox() RETURNS trigger

@@ -1,0 +1,386 @@
+"""``relay run``: the daemon's loops, wired together.
+
+Tasks (all in one asyncio loop):
+- :class:`~relay.listener.Listener`: LISTEN for wake-ups, reconnecting with backoff;
+- dispatcher: fans undispatched outbox rows out into deliveries;
+- deliverer: claims due deliveries while it has free slots, one task per HTTP attempt;
+- :class:`Acker`: writes attempt outcomes in batches (one statement per batch);
+- housekeeping: heartbeat, shared gauges, systemd watchdog;
+- the HTTP server for /metrics, /healthz and /readyz.
+
+Every DB failure in a loop is logged, reported on /readyz and retried with backoff: a
+database outage never crashes the service into a restart loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from relay.config import Config
+from relay.deliver import HttpSender, attempt_summary, decide
+from relay.errors import DatabaseError
+from relay.health import Health
+from relay.listener import Listener
+from relay.metrics import Metrics, status_class
+from relay.netpolicy import parse_allowed_networks
+from relay.queries import expected_schema_version
+from relay.store import Ack, Job, Store
+from relay.systemd import SystemdNotifier, watchdog_interval
+
+log = logging.getLogger("relay.daemon")
+
+# Tunables (module constants so tests can shrink them).
+ERROR_BACKOFF_MIN = 0.1
+ERROR_BACKOFF_MAX = 5.0
+ACK_BATCH_MAX = 500
+SCHEMA_WAIT_INTERVAL = 2.0
+
+
+class Backoff:
+    """Exponential backoff for a failing loop; pure arithmetic, the loop sleeps."""
+
+    def __init__(self, lo: float = ERROR_BACKOFF_MIN, hi: float = ERROR_BACKOFF_MAX) -> None:
+        self.lo, self.hi, self.current = lo, hi, 0.0
+
+    def failed(self) -> float:
+        self.current = self.lo if self.current == 0 else min(self.hi, self.current * 2)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class Acker:
+    """Collects attempt outcomes and writes them in batches.
+
+    Under load many outcomes share one ack statement; when idle, an outcome is written as soon
+    as it arrives (no timer). A failed write is retried: the lease may expire meanwhile, and
+    then the delivery is simply attempted again (at-least-once).
+    """
+
+    def __init__(
+        self, store: Store, metrics: Metrics, on_retry: Callable[[], None] = lambda: None
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        # Called after retries were scheduled, so the deliverer re-reads the next due time.
+        self.on_retry = on_retry
+        self._pending: list[tuple[Job, Ack]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def put(self, job: Job, ack: Ack) -> None:
+        self._pending.append((job, ack))
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._pending[:ACK_BATCH_MAX]
+            try:
+                accepted = await self.store.ack([a for _, a in batch])
+            except DatabaseError as exc:
+                delay = backoff.failed()
+                log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
+                self.metrics.db_up.labels("pool").set(0)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            self.metrics.db_up.labels("pool").set(1)
+            del self._pending[: len(batch)]
+            self._record(batch, accepted)
+            if any(ack.outcome == "retry" for _, ack in batch):
+                self.on_retry()
+
+    def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
+        now = time.time()
+        for job, ack in batch:
+            summary = attempt_summary(job, ack)
+            if job.id not in accepted:
+                self.metrics.lost_leases.inc()
+                log.warning("ack ignored: lease lost to another relay", extra=summary)
+                continue
+            if ack.outcome == "delivered":
+                self.metrics.deliveries.labels("delivered", job.event_type).inc()
+                self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
+                log.info("delivered", extra=summary)
+            elif ack.outcome == "dead":
+                self.metrics.deliveries.labels("dead", job.event_type).inc()
+                log.warning("dead", extra=summary)
+            else:
+                log.info("retry scheduled", extra=summary)
+
+    async def close(self, timeout: float) -> None:
+        """Flush what is pending (bounded by ``timeout``) and stop."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+class Relay:
+    """One relay process."""
+
+    def __init__(self, config: Config, url: str, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.relay_id = config.effective_relay_id
+        self.metrics = metrics or Metrics()
+        self.store = Store(url, pool_size=config.pool_size, relay_id=self.relay_id)
+        self.sender = HttpSender(
+            config.concurrency, parse_allowed_networks(config.allowed_networks)
+        )
+        self.acker = Acker(self.store, self.metrics, on_retry=self.deliver_wake_set)
+        self.listener = Listener(url, self._on_notify) if config.listen else None
+        self.health = Health(self)
+        self.notifier = SystemdNotifier()
+        self.stopping = asyncio.Event()
+        self.outbox_wake = asyncio.Event()
+        self.deliver_wake = asyncio.Event()
+        self.slot_free = asyncio.Event()
+        self.in_flight: dict[asyncio.Task[None], Job] = {}
+        self.schema_ok = False
+        self.last_loop_tick = time.monotonic()
+
+    # -- wake-ups ------------------------------------------------------------------------------
+    def deliver_wake_set(self) -> None:
+        self.deliver_wake.set()
+
+    def _on_notify(self, channel: str) -> None:
+        if channel == "relay_outbox":
+            self.outbox_wake.set()
+        else:
+            self.deliver_wake.set()
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: no new claims; draining in-flight deliveries")
+            self.notifier.stopping()
+            self.stopping.set()
+            self.outbox_wake.set()
+            self.deliver_wake.set()
+            self.slot_free.set()
+
+    async def _sleep_or_wake(self, event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _guarded(self, name: str, step: Callable[[], Awaitable[float | None]]) -> None:
+        """Run ``step`` until stopping; it returns how long to idle (None = loop at once)."""
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                await step()
+                backoff.reset()
+            except DatabaseError as exc:
+                delay = backoff.failed()
+                log.warning("%s: database error, retrying in %.1fs: %s", name, delay, exc)
+                self.metrics.db_up.labels("pool").set(0)
+                await self._sleep_or_wake(self.stopping, delay)
+
+    # -- dispatcher ----------------------------------------------------------------------------
+    async def _dispatch_step(self) -> float | None:
+        self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
+        dispatched, created = await self.store.dispatch(self.config.dispatch_batch)
+        self.metrics.db_up.labels("pool").set(1)
+        if dispatched:
+            self.metrics.claims.labels("outbox").inc()
+            self.metrics.claimed.labels("outbox").inc(dispatched)
+            self.metrics.fanout.inc(created)
+        if created:
+            self.deliver_wake.set()
+        if dispatched < self.config.dispatch_batch:
+            await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
+        return None
+
+    # -- deliverer -----------------------------------------------------------------------------
+    async def _deliver_step(self) -> float | None:
+        free = self.config.concurrency - len(self.in_flight)
+        if free <= 0:
+            self.slot_free.clear()
+            await self.slot_free.wait()
+            return None
+        want = min(free, self.config.claim_batch)
+        self.deliver_wake.clear()
+        jobs = await self.store.claim(want, self.config.lease_seconds)
+        self.metrics.db_up.labels("pool").set(1)
+        self.metrics.claims.labels("delivery").inc()
+        if jobs:
+            self.metrics.claimed.labels("delivery").inc(len(jobs))
+        for job in jobs:
+            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
+            self.in_flight[task] = job
+            task.add_done_callback(self._attempt_done)
+        self.metrics.in_flight.set(len(self.in_flight))
+        if len(jobs) < want:
+            # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
+            wait = self.config.poll_interval
+            until = await self.store.seconds_until_due()
+            if until is not None:
+                wait = max(0.0, min(wait, until))
+            if wait > 0:
+                await self._sleep_or_wake(self.deliver_wake, wait)
+        return None
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(task, None)
+        self.metrics.in_flight.set(len(self.in_flight))
+        self.slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task crashed", exc_info=task.exception())
+
+    async def _attempt(self, job: Job) -> None:
+        result = await self.sender.attempt(job)
+        ack = decide(job, result)
+        self.metrics.attempts.labels(status_class(result.status_code, result.error_kind)).inc()
+        self.metrics.subscription_attempts.labels(
+            str(job.subscription_id), "true" if result.ok else "false"
+        ).inc()
+        self.metrics.attempt_duration.observe(result.duration_ms / 1000.0)
+        self.acker.put(job, ack)
+
+    # -- housekeeping --------------------------------------------------------------------------
+    async def _housekeeping_step(self) -> float | None:
+        self.last_loop_tick = time.monotonic()
+        await self.store.heartbeat()
+        stats = await self.store.stats(self.config.gauge_interval)
+        m = self.metrics
+        m.outbox_backlog.set(stats.outbox_backlog)
+        m.pending.set(stats.deliveries_pending)
+        m.dead.set(stats.deliveries_dead)
+        m.oldest_pending_age.set(stats.oldest_pending_age)
+        m.relays_seen.set(stats.relays_seen)
+        m.db_up.labels("pool").set(1)
+        await self._sleep_or_wake(self.stopping, self.config.gauge_interval)
+        return None
+
+    async def _watchdog(self, interval: float) -> None:
+        while not self.stopping.is_set():
+            if self.health.alive():
+                self.notifier.watchdog()
+            await self._sleep_or_wake(self.stopping, interval)
+
+    async def _ticker(self) -> None:
+        # Proves the event loop itself is not blocked (for /healthz).
+        while not self.stopping.is_set():
+            self.last_loop_tick = time.monotonic()
+            await self._sleep_or_wake(self.stopping, 1.0)
+
+    async def _wait_for_schema(self) -> None:
+        expected = expected_schema_version()
+        backoff = Backoff(SCHEMA_WAIT_INTERVAL, 30.0)
+        while not self.stopping.is_set():
+            try:
+                version = await self.store.schema_version()
+                self.metrics.db_up.labels("pool").set(1)
+                if version == expected:
+                    self.schema_ok = True
+                    return
+                log.error(
+                    "database schema is at version %s, relay needs %s: run `relay migrate`",
+                    version,
+                    expected,
+                )
+            except DatabaseError as exc:
+                self.metrics.db_up.labels("pool").set(0)
+                log.warning("database not reachable yet: %s", exc)
+            await self._sleep_or_wake(self.stopping, backoff.failed())
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until :meth:`stop` (SIGTERM/SIGINT), then drain; returns the exit code."""
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        await self.store.open()
+        await self.sender.start()
+        await self.health.start()
+        background = [asyncio.create_task(self._ticker(), name="ticker")]
+        interval = watchdog_interval()
+        if interval:
+            background.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        log.info(
+            "relay %s starting",
+            self.relay_id,
+            extra={"metrics_addr": self.config.metrics_addr, "config": self.config.masked()},
+        )
+        await self._wait_for_schema()
+        acker = asyncio.create_task(self.acker.run(), name="acker")
+        workers = [
+            asyncio.create_task(self._guarded("dispatcher", self._dispatch_step)),
+            asyncio.create_task(self._guarded("deliverer", self._deliver_step)),
+            asyncio.create_task(self._guarded("housekeeping", self._housekeeping_step)),
+        ]
+        if self.listener is not None:
+            background.append(asyncio.create_task(self.listener.run(self.stopping)))
+        if not self.stopping.is_set():
+            self.notifier.ready()
+            log.info("relay %s ready", self.relay_id)
+        await self.stopping.wait()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await self._drain()
+        await self.acker.close(self.config.drain_timeout)
+        acker.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(acker, *background, return_exceptions=True)
+        await self.health.stop()
+        await self.sender.close()
+        await self.store.close()
+        log.info("relay %s stopped", self.relay_id)
+        return 0
+
+    async def _drain(self) -> None:
+        """Let in-flight attempts finish within the drain timeout; release the rest."""
+        if not self.in_flight:
+            return
+        tasks = list(self.in_flight)
+        _, still = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+        if not still:
+            return
+        leftovers = [(self.in_flight[t].id, self.in_flight[t].token) for t in still]
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+        try:
+            released = await self.store.release(leftovers)
+            log.info("released %d unfinished deliveries for other relays", released)
+        except DatabaseError as exc:
+            log.warning("could not release %d deliveries (lease will expire): %s",
+                        len(leftovers), exc)
+
+
+def main(config: Config) -> int:
+    """Entry point of ``relay run``: resolve the database, set up logging, run until a signal."""
+    from relay.embedded import resolve_database_url
+    from relay.logs import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
+    url = resolve_database_url(config.database_url)
+    if config.database_url is None:
+        # Nobody else migrates an embedded database: do it here.
+        import psycopg
+
+        from relay.migrate import migrate
+
+        with psycopg.connect(url) as conn:
+            migrate(conn)
+    try:
+        return asyncio.run(Relay(config, url).run())
+    except KeyboardInterrupt:
+        return 0

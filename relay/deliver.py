@@ -1,0 +1,240 @@
+"""One HTTP attempt of a leased delivery, and what it means for the delivery.
+
+``prepare`` (pure) maps and signs the notification; ``HttpSender.send`` performs the request
+with one pooled aiohttp session; ``decide`` (pure) turns the result into delivered / retry
+with a delay / dead, from the subscription's :class:`~relay.retry.RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from relay import __version__
+from relay.errors import MappingError
+from relay.netpolicy import ForbiddenAddress, GuardedResolver, check_url_host
+from relay.notification import (
+    build_notification,
+    compile_body_map_cached,
+    dumps,
+    encode_query,
+)
+from relay.retry import RetryPolicy, delay_with_retry_after, parse_retry_after
+from relay.signing import webhook_headers
+from relay.store import Ack, Job
+
+USER_AGENT = f"relay/{__version__}"
+# Bytes of a response body kept in the attempt log; the rest is not even read.
+RESPONSE_BODY_LIMIT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    method: str
+    url: URL
+    headers: dict[str, str]
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt saw."""
+
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    error_kind: str | None = None  # 'timeout' | 'connect' | 'tls' | 'forbidden' | 'mapping' | ...
+    response_body: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def webhook_id(job: Job) -> str:
+    """Stable across attempts, relays, crashes and replays: derived from the event alone."""
+    return f"msg_{job.event_id.hex}"
+
+
+def prepare(job: Job, timestamp: int) -> Prepared:
+    """Build the request of one attempt: mapped body or query, subscription and signature headers.
+
+    Raises :class:`MappingError` when the subscription's body map cannot be applied.
+    """
+    notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
+    if job.body_map:
+        notification = compile_body_map_cached(job.body_map).apply(notification)
+    secrets = [job.secret] if job.secret else []
+    url = URL(job.url, encoded=False)
+    headers = dict(job.headers)
+    headers["User-Agent"] = USER_AGENT
+    if job.method == "GET":
+        url = url.extend_query(encode_query(notification))
+        # Standard Webhooks signs a body; a GET has none, so relay signs the query string
+        # (the part after '?', exactly as sent).
+        signed = url.raw_query_string
+        headers.update(webhook_headers(webhook_id(job), timestamp, signed, secrets))
+        return Prepared("GET", url, headers, None)
+    body = dumps(notification)
+    headers["Content-Type"] = "application/json"
+    headers.update(webhook_headers(webhook_id(job), timestamp, body, secrets))
+    return Prepared("POST", url, headers, body.encode())
+
+
+def decide(job: Job, result: Result) -> Ack:
+    """The delivery's next state after ``result``: delivered, retry after a delay, or dead."""
+    if result.ok:
+        outcome, delay = "delivered", 0.0
+    elif result.error_kind == "mapping":
+        # A body map that cannot be applied fails the same way every time: dead at once.
+        outcome, delay = "dead", 0.0
+    else:
+        policy = RetryPolicy(max_retries=job.max_retries, backoff_ms=job.backoff_ms)
+        scheduled = policy.next_delay(job.failures + 1)
+        if scheduled is None:
+            outcome, delay = "dead", 0.0
+        else:
+            outcome, delay = "retry", delay_with_retry_after(scheduled, result.retry_after)
+    return Ack(
+        id=job.id,
+        token=job.token,
+        outcome=outcome,
+        delay=delay,
+        status_code=result.status_code,
+        error=result.error,
+        started_at=result.started_at,
+        duration_ms=result.duration_ms,
+        response_body=result.response_body,
+    )
+
+
+class HttpSender:
+    """Sends prepared requests through one pooled aiohttp session."""
+
+    def __init__(self, concurrency: int, allowed_networks: tuple[Any, ...]) -> None:
+        self.allowed = allowed_networks
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency,
+            resolver=GuardedResolver(self.allowed),
+            ttl_dns_cache=10,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def attempt(self, job: Job) -> Result:
+        """Prepare and send one attempt of ``job``; never raises for delivery failures."""
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+
+        def elapsed() -> float:
+            return (time.perf_counter() - t0) * 1000.0
+
+        try:
+            prepared = prepare(job, int(time.time()))
+        except MappingError as exc:
+            return Result(started, elapsed(), error=f"body map failed: {exc}", error_kind="mapping")
+        try:
+            check_url_host(prepared.url.host or "", self.allowed)
+            return await self._send(prepared, job.timeout_ms / 1000.0, started, t0)
+        except ForbiddenAddress as exc:
+            return Result(started, elapsed(), error=str(exc), error_kind="forbidden")
+        except TimeoutError:
+            return Result(
+                started, elapsed(), error=f"timeout after {job.timeout_ms} ms", error_kind="timeout"
+            )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Result(started, elapsed(), error=f"TLS error: {exc}", error_kind="tls")
+        except aiohttp.ClientSSLError as exc:
+            return Result(started, elapsed(), error=f"TLS error: {exc}", error_kind="tls")
+        except aiohttp.ClientConnectorError as exc:
+            forbidden = _forbidden_cause(exc)
+            if forbidden is not None:
+                return Result(started, elapsed(), error=str(forbidden), error_kind="forbidden")
+            return Result(started, elapsed(), error=f"connect error: {exc}", error_kind="connect")
+        except (aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
+            detail = str(exc) or type(exc).__name__
+            return Result(
+                started, elapsed(), error=f"{type(exc).__name__}: {detail}", error_kind="error"
+            )
+
+    async def _send(self, p: Prepared, timeout: float, started: datetime, t0: float) -> Result:
+        assert self._session is not None, "HttpSender.start() not called"
+        async with asyncio.timeout(timeout), self._session.request(
+            p.method,
+            p.url,
+            headers=p.headers,
+            data=p.body,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as resp:
+            raw = await resp.content.read(RESPONSE_BODY_LIMIT)
+            duration = (time.perf_counter() - t0) * 1000.0
+            status = resp.status
+            retry_after = None
+            if status in (429, 503):
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+            error = None
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+                if 300 <= status < 400:
+                    error += f" redirect to {resp.headers.get('Location', '?')} (not followed)"
+            return Result(
+                started,
+                duration,
+                status_code=status,
+                error=error,
+                response_body=raw.decode("utf-8", "replace") if raw else None,
+                retry_after=retry_after,
+            )
+
+
+def _forbidden_cause(exc: BaseException) -> ForbiddenAddress | None:
+    """aiohttp wraps resolver errors; find our refusal in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ForbiddenAddress):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    os_error = getattr(exc, "os_error", None)
+    return os_error if isinstance(os_error, ForbiddenAddress) else None
+
+
+def attempt_summary(job: Job, ack: Ack) -> dict[str, Any]:
+    """Fields of the one log line per attempt outcome: ids, never URLs' secrets or headers."""
+    return {
+        "delivery_id": job.id,
+        "subscription_id": job.subscription_id,
+        "event_type": job.event_type,
+        "attempt": job.attempts + 1,
+        "outcome": ack.outcome,
+        "status": ack.status_code,
+        "error": ack.error,
+        "duration_ms": round(ack.duration_ms, 2),
+        "retry_in_s": round(ack.delay, 3) if ack.outcome == "retry" else None,
+    }
+
+
+__all__ = ["HttpSender", "Prepared", "Result", "attempt_summary", "decide", "prepare", "json"]

@@ -1,0 +1,98 @@
+"""The relay's own HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+- ``/healthz``: the process is alive and its event loop is not stuck (200/503).
+- ``/readyz``: the database answers, the LISTEN connection is up (when enabled) and the
+  schema is at the version this relay needs (200/503, JSON body naming what failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from relay.daemon import Relay
+
+log = logging.getLogger("relay.health")
+
+# The loop ticks every second; this much silence means it is stuck.
+LOOP_STUCK_AFTER = 30.0
+READY_DB_TIMEOUT = 2.0
+
+
+class Health:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self._runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.relay.last_loop_tick < LOOP_STUCK_AFTER
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = self.relay.config.metrics_host_port
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            sockname = sockets[0].getsockname()
+            self.bound = (sockname[0], sockname[1])
+        log.info("metrics and health on http://%s:%s/metrics", host, self.bound and self.bound[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.relay.metrics.registry)
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        age = time.monotonic() - self.relay.last_loop_tick
+        ok = age < LOOP_STUCK_AFTER
+        body = {"status": "ok" if ok else "stuck", "loop_tick_age_seconds": round(age, 3)}
+        return _json(body, 200 if ok else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, Any] = {}
+        try:
+            await asyncio.wait_for(self.relay.store.ping(), READY_DB_TIMEOUT)
+            checks["database"] = {"ok": True}
+        except (DatabaseError, TimeoutError) as exc:
+            checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
+        listener = self.relay.listener
+        if listener is not None:
+            checks["listener"] = {"ok": listener.connected}
+            if not listener.connected:
+                checks["listener"]["error"] = "LISTEN connection is down (reconnecting)"
+        checks["schema"] = {"ok": self.relay.schema_ok}
+        if not self.relay.schema_ok:
+            checks["schema"]["error"] = "schema not at the expected version: run `relay migrate`"
+        if self.relay.stopping.is_set():
+            checks["stopping"] = {"ok": False, "error": "relay is shutting down"}
+        ok = all(c["ok"] for c in checks.values())
+        return _json({"status": "ready" if ok else "not ready", "checks": checks},
+                     200 if ok else 503)
+
+
+def _json(body: dict[str, Any], status: int) -> web.Response:
+    return web.Response(
+        text=json.dumps(body), status=status, content_type="application/json"
+    )

@@ -1,0 +1,211 @@
+"""The daemon's narrow port to Postgres: every SQL statement ``relay run`` executes.
+
+Callers get plain dataclasses and :class:`relay.errors.DatabaseError`; psycopg never leaks
+past this module. Each method is one short transaction (autocommit connections from the
+pool): no transaction ever spans an HTTP call.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from relay import __version__
+from relay.errors import DatabaseError
+from relay.queries import q
+
+# How long to wait for a pooled connection before calling the database unavailable.
+POOL_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A leased delivery with everything needed to attempt it."""
+
+    id: int
+    token: uuid.UUID
+    attempts: int
+    failures: int
+    outbox_id: int
+    event_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    version: str
+    tenant_id: str | None
+    created_at: datetime
+    subscription_id: int
+    url: str
+    method: str
+    headers: dict[str, str]
+    event_names: dict[str, str]
+    body_map: str | None
+    secret: str | None
+    max_retries: int
+    backoff_ms: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of one attempt, to be written by :meth:`Store.ack`."""
+
+    id: int
+    token: uuid.UUID
+    outcome: str  # 'delivered' | 'retry' | 'dead'
+    delay: float  # seconds until the retry (outcome 'retry' only)
+    status_code: int | None
+    error: str | None
+    started_at: datetime
+    duration_ms: float
+    response_body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    outbox_backlog: int
+    deliveries_pending: int
+    deliveries_dead: int
+    oldest_pending_age: float
+    relays_seen: int
+
+
+class Store:
+    """Async access to relay's tables through a connection pool."""
+
+    def __init__(self, url: str, *, pool_size: int = 8, relay_id: str) -> None:
+        self.url = url
+        self.relay_id = relay_id
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=min(2, pool_size),
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="relay",
+            timeout=POOL_TIMEOUT,
+        )
+
+    async def open(self) -> None:
+        # wait=False: a database that is down at start is retried in the background and
+        # reported on /readyz instead of crashing the service into a restart loop.
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+        except Exception as exc:
+            # psycopg_pool raises PoolTimeout (a psycopg.OperationalError) when no connection
+            # can be had; anything else from the pool is a database problem too.
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def schema_version(self) -> int | None:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT to_regclass('relay.migrations') IS NOT NULL")
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return None
+            cur = await conn.execute(q("schema_version"))
+            row = await cur.fetchone()
+            return None if row is None else row[0]
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute("SELECT 1")
+
+    async def dispatch(self, limit: int) -> tuple[int, int]:
+        """Fan out up to ``limit`` outbox rows; return (rows dispatched, deliveries created)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(q("dispatch_outbox"), {"limit": limit})
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
+        """Lease up to ``limit`` due deliveries to this relay."""
+        token = uuid.uuid4()
+        params = {
+            "limit": limit,
+            "owner": self.relay_id,
+            "token": token,
+            "lease_seconds": lease_seconds,
+        }
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("claim_deliveries"), params)
+            rows = await cur.fetchall()
+        return [Job(token=token, **row) for row in rows]
+
+    async def ack(self, acks: Sequence[Ack]) -> set[int]:
+        """Record attempt outcomes in one statement; return the ids whose lease was still ours."""
+        if not acks:
+            return set()
+        params = {
+            "ids": [a.id for a in acks],
+            "tokens": [a.token for a in acks],
+            "outcomes": [a.outcome for a in acks],
+            "delays": [a.delay for a in acks],
+            "codes": [a.status_code for a in acks],
+            "errors": [a.error for a in acks],
+            "started": [a.started_at for a in acks],
+            "durations": [a.duration_ms for a in acks],
+            "bodies": [a.response_body for a in acks],
+            "relay_id": self.relay_id,
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(q("ack_deliveries"), params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def release(self, jobs: Sequence[tuple[int, uuid.UUID]]) -> int:
+        """Give leased deliveries back, due now; return how many were still ours."""
+        if not jobs:
+            return 0
+        params = {"ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs]}
+        async with self._conn() as conn:
+            cur = await conn.execute(q("release_deliveries"), params)
+            return len(await cur.fetchall())
+
+    async def seconds_until_due(self) -> float | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(q("seconds_until_due"))
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def heartbeat(self) -> None:
+        params = {
+            "relay_id": self.relay_id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+        async with self._conn() as conn:
+            await conn.execute(q("heartbeat"), params)
+
+    async def stats(self, interval: float) -> Stats:
+        """Shared gauges: recompute if stale (one relay per interval wins), then read."""
+        async with self._conn() as conn:
+            await conn.execute(
+                q("refresh_stats"), {"relay_id": self.relay_id, "interval": interval}
+            )
+            cur = await conn.execute(q("read_stats"))
+            row = await cur.fetchone()
+        assert row is not None
+        return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]))

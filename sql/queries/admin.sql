@@ -1,0 +1,164 @@
+-- Operator operations behind the `relay` CLI (relay/admin*.py).
+-- Every name starts with admin_ so it cannot clash with the daemon's queries.
+
+-- name: admin_event_type_names
+SELECT name FROM relay.event_types ORDER BY name;
+
+-- name: admin_event_type_list
+SELECT name AS id, name, object, description, created_at
+FROM relay.event_types
+ORDER BY name;
+
+-- name: admin_event_type_insert
+INSERT INTO relay.event_types (name, object, description)
+VALUES (%(name)s, %(object)s, %(description)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING name;
+
+-- name: admin_subscription_insert
+INSERT INTO relay.subscriptions
+    (url, method, headers, events, event_names, body_map, secret, tenant_id,
+     max_retries, backoff_ms, timeout_ms, enabled)
+VALUES
+    (%(url)s, %(method)s, %(headers)s, %(events)s, %(event_names)s, %(body_map)s, %(secret)s,
+     %(tenant_id)s, %(max_retries)s, %(backoff_ms)s, %(timeout_ms)s, %(enabled)s)
+RETURNING id;
+
+-- name: admin_subscription_get
+SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
+       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+FROM relay.subscriptions
+WHERE id = %(id)s;
+
+-- name: admin_subscription_lock
+-- Row lock so two concurrent updates merge headers/event names one after the other.
+SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
+       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+FROM relay.subscriptions
+WHERE id = %(id)s
+FOR UPDATE;
+
+-- name: admin_subscription_list
+SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
+       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+FROM relay.subscriptions
+WHERE %(all)s OR removed_at IS NULL
+ORDER BY id;
+
+-- name: admin_subscription_update
+UPDATE relay.subscriptions SET
+    url = %(url)s,
+    method = %(method)s,
+    headers = %(headers)s,
+    events = %(events)s,
+    event_names = %(event_names)s,
+    body_map = %(body_map)s,
+    secret = %(secret)s,
+    tenant_id = %(tenant_id)s,
+    max_retries = %(max_retries)s,
+    backoff_ms = %(backoff_ms)s,
+    timeout_ms = %(timeout_ms)s,
+    enabled = %(enabled)s,
+    updated_at = now()
+WHERE id = %(id)s;
+
+-- name: admin_subscription_set_enabled
+UPDATE relay.subscriptions
+SET enabled = %(enabled)s, updated_at = now()
+WHERE id = %(id)s AND removed_at IS NULL;
+
+-- name: admin_subscription_remove
+-- Soft delete: the row stays so its delivery history keeps its foreign key.
+UPDATE relay.subscriptions
+SET removed_at = now(), enabled = false, updated_at = now()
+WHERE id = %(id)s AND removed_at IS NULL;
+
+-- name: admin_subscription_kill_pending
+-- Pending work of a removed subscription ends dead, visibly, rather than silently vanishing.
+UPDATE relay.deliveries
+SET status = 'dead', dead_at = now(), updated_at = now(), last_error = 'subscription removed',
+    lease_owner = NULL, lease_token = NULL
+WHERE subscription_id = %(id)s AND status = 'pending';
+
+-- name: admin_notify_subscriptions
+-- A hint for relays that cache subscriptions; the payload is the subscription id.
+SELECT pg_notify('relay_subscriptions', %(id)s::text);
+
+-- name: admin_delivery_list
+SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
+       next_attempt_at, lease_owner, last_status_code, last_error,
+       created_at, updated_at, delivered_at, dead_at
+FROM relay.deliveries
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(subscription_id)s::bigint IS NULL OR subscription_id = %(subscription_id)s::bigint)
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: admin_delivery_get
+SELECT d.id, d.outbox_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts,
+       d.failures, d.next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
+       d.created_at, d.updated_at, d.delivered_at, d.dead_at,
+       o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at
+FROM relay.deliveries d
+JOIN relay.outbox o ON o.id = d.outbox_id
+WHERE d.id = %(id)s;
+
+-- name: admin_delivery_attempts
+SELECT attempt, started_at, status_code, error, duration_ms, relay_id,
+       left(response_body, %(body_limit)s) AS response_body,
+       length(response_body) > %(body_limit)s AS response_truncated
+FROM relay.delivery_attempts
+WHERE delivery_id = %(id)s
+ORDER BY attempt;
+
+-- name: admin_delivery_owners
+SELECT d.id, d.subscription_id, s.removed_at IS NOT NULL AS subscription_removed
+FROM relay.deliveries d
+JOIN relay.subscriptions s ON s.id = d.subscription_id
+WHERE d.id = ANY(%(ids)s)
+FOR UPDATE OF d;
+
+-- name: admin_replay_ids
+-- Replay: a fresh retry budget, due now, no lease; `attempts` and the attempt rows are history.
+UPDATE relay.deliveries
+SET status = 'pending', failures = 0, next_attempt_at = now(),
+    lease_owner = NULL, lease_token = NULL, dead_at = NULL, delivered_at = NULL,
+    updated_at = now()
+WHERE id = ANY(%(ids)s);
+
+-- name: admin_replay_dead
+UPDATE relay.deliveries
+SET status = 'pending', failures = 0, next_attempt_at = now(),
+    lease_owner = NULL, lease_token = NULL, dead_at = NULL, delivered_at = NULL,
+    updated_at = now()
+WHERE status = 'dead'
+  AND (%(subscription_id)s::bigint IS NULL OR subscription_id = %(subscription_id)s::bigint)
+  AND (%(since)s::timestamptz IS NULL OR dead_at >= %(since)s::timestamptz)
+  AND subscription_id IN (SELECT id FROM relay.subscriptions WHERE removed_at IS NULL);
+
+-- name: admin_notify_deliveries
+-- Wake running relays (same channel the daemon listens on for due deliveries).
+SELECT pg_notify('relay_deliveries', '');
+
+-- name: admin_status
+-- Each subquery reads one partial index (outbox_undispatched, deliveries_due, deliveries_dead)
+-- so the cost follows the backlog, not the history; only the delivered count scans history.
+SELECT
+    (SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL) AS outbox_backlog,
+    (SELECT greatest(0, extract(epoch FROM now() - min(created_at)))::float8
+       FROM relay.outbox WHERE dispatched_at IS NULL) AS oldest_undispatched_age_seconds,
+    (SELECT count(*) FROM relay.deliveries WHERE status = 'pending') AS deliveries_pending,
+    (SELECT count(*) FROM relay.deliveries
+       WHERE status = 'pending' AND next_attempt_at <= now()) AS deliveries_due,
+    (SELECT greatest(0, extract(epoch FROM now() - min(next_attempt_at)))::float8
+       FROM relay.deliveries
+       WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_due_age_seconds,
+    (SELECT count(*) FROM relay.deliveries WHERE status = 'dead') AS deliveries_dead,
+    (SELECT count(*) FROM relay.deliveries WHERE status = 'delivered') AS deliveries_delivered;
+
+-- name: admin_status_relays
+SELECT relay_id, hostname, pid, version, started_at, last_seen
+FROM relay.relays
+WHERE last_seen > now() - interval '1 minute'
+ORDER BY relay_id;
