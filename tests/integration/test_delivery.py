@@ -251,3 +251,27 @@ async def test_two_relays_never_deliver_an_attempt_twice(
         "SELECT relay_id, count(*) FROM relay.delivery_attempts GROUP BY relay_id")}
     assert sum(owners.values()) == n_events
     assert set(owners) <= {"r1", "r2"}
+
+
+@pytest.mark.slow
+async def test_default_schedule_is_5_10_15_seconds_then_dead(
+    conn: Conn, database_url: str, receiver: Receiver
+) -> None:
+    """The contract's defaults, unshortened: 3 retries, 5 s × n after each failure ends."""
+    receiver.script("/hook", [respond(500)])
+    sub = add_subscription(conn, receiver.url())  # column defaults: 3 retries, 5000 ms
+    row = conn.execute(
+        "SELECT max_retries, backoff_ms, timeout_ms FROM relay.subscriptions WHERE id=%s", (sub,)
+    ).fetchone()
+    assert row == (3, 5000, 10000)
+    emit(conn, "order.created", {})
+    async with running_relay(database_url):
+        reqs = await receiver.wait_for(4, timeout=45)
+        await wait_until(lambda: statuses(conn) == ["dead"], timeout=5)
+        await asyncio.sleep(1.0)
+        assert len(receiver.requests) == 4
+    gaps = [b.received_at - a.received_at for a, b in zip(reqs, reqs[1:], strict=False)]
+    for gap, expected in zip(gaps, (5.0, 10.0, 15.0), strict=True):
+        assert expected <= gap < expected + 1.0, gaps
+    history = attempts(conn, deliveries(conn)[0]["id"])
+    assert [a["attempt"] for a in history] == [1, 2, 3, 4]
