@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from relay.errors import (  # noqa: E402
+from relay.errors import (
     ConfigError,
     DatabaseError,
     EmitError,
@@ -17,7 +17,7 @@ from relay.errors import (  # noqa: E402
     RelayError,
     ValidationError,
 )
-from relay.outbox import emit, emit_async  # noqa: E402
+from relay.outbox import emit, emit_async
 
 __all__ = [
     "ConfigError",

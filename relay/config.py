@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
@@ -89,31 +90,72 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("database_url", _text, None,
-            "Postgres URL. Unset: an embedded Postgres under the state directory.", secret=True),
-    Setting("state_dir", _text, None,
-            "Where the embedded Postgres keeps its data (default ~/.local/state/relay)."),
-    Setting("metrics_addr", _addr, "127.0.0.1:9465",
-            "HOST:PORT for /metrics, /healthz and /readyz."),
+    Setting(
+        "database_url",
+        _text,
+        None,
+        "Postgres URL. Unset: an embedded Postgres under the state directory.",
+        secret=True,
+    ),
+    Setting(
+        "state_dir",
+        _text,
+        None,
+        "Where the embedded Postgres keeps its data (default ~/.local/state/relay).",
+    ),
+    Setting(
+        "metrics_addr", _addr, "127.0.0.1:9465", "HOST:PORT for /metrics, /healthz and /readyz."
+    ),
     Setting("concurrency", _positive_int, 64, "HTTP requests in flight at once."),
+    Setting("subscription_concurrency", _positive_int, None,
+            "Most requests in flight to one subscription (default 3/4 of concurrency), so a "
+            "slow endpoint cannot take every slot."),
     Setting("claim_batch", _positive_int, 100, "Most deliveries claimed per claim query."),
     Setting("dispatch_batch", _positive_int, 500, "Most outbox rows fanned out per transaction."),
-    Setting("poll_interval", _positive_float, 5.0,
-            "Seconds between safety-net polls (NOTIFY wakes relay sooner)."),
-    Setting("listen", _bool, True,
-            "Use LISTEN/NOTIFY wake-ups; false for PgBouncer transaction pooling (poll only)."),
-    Setting("lease_seconds", _positive_float, 60.0,
-            "How long a claim is held; a crashed relay's work is retaken after this."),
-    Setting("drain_timeout", _positive_float, 10.0,
-            "Seconds SIGTERM waits for in-flight requests before releasing them."),
-    Setting("gauge_interval", _positive_float, 5.0,
-            "Seconds between refreshes of the backlog/pending/dead gauges."),
-    Setting("allowed_networks", _networks, "",
-            "Comma-separated CIDRs that delivery may reach although private/loopback."),
+    Setting(
+        "poll_interval",
+        _positive_float,
+        5.0,
+        "Seconds between safety-net polls (NOTIFY wakes relay sooner).",
+    ),
+    Setting(
+        "listen",
+        _bool,
+        True,
+        "Use LISTEN/NOTIFY wake-ups; false for PgBouncer transaction pooling (poll only).",
+    ),
+    Setting(
+        "lease_seconds",
+        _positive_float,
+        60.0,
+        "How long a claim is held; a crashed relay's work is retaken after this.",
+    ),
+    Setting(
+        "drain_timeout",
+        _positive_float,
+        10.0,
+        "Seconds SIGTERM waits for in-flight requests before releasing them.",
+    ),
+    Setting(
+        "gauge_interval",
+        _positive_float,
+        5.0,
+        "Seconds between refreshes of the backlog/pending/dead gauges.",
+    ),
+    Setting(
+        "allowed_networks",
+        _networks,
+        "",
+        "Comma-separated CIDRs that delivery may reach although private/loopback.",
+    ),
     Setting("pool_size", _positive_int, 8, "Database connections in the pool."),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
-    Setting("log_format", _choice("auto", "json", "text"), "auto",
-            "json, text, or auto (text on a TTY, JSON lines otherwise)."),
+    Setting(
+        "log_format",
+        _choice("auto", "json", "text"),
+        "auto",
+        "json, text, or auto (text on a TTY, JSON lines otherwise).",
+    ),
     Setting("relay_id", _text, None, "This relay's name in leases and logs (default host-pid)."),
 )
 
@@ -128,6 +170,7 @@ class Config:
     state_dir: str | None = None
     metrics_addr: str = "127.0.0.1:9465"
     concurrency: int = 64
+    subscription_concurrency: int | None = None
     claim_batch: int = 100
     dispatch_batch: int = 500
     poll_interval: float = 5.0
@@ -160,6 +203,12 @@ class Config:
         return host.strip("[]"), int(port)
 
     @property
+    def effective_subscription_concurrency(self) -> int:
+        if self.subscription_concurrency:
+            return min(self.subscription_concurrency, self.concurrency)
+        return max(1, self.concurrency * 3 // 4)
+
+    @property
     def effective_relay_id(self) -> str:
         return self.relay_id or default_relay_id()
 
@@ -176,7 +225,10 @@ def default_relay_id() -> str:
 
 
 def mask_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``."""
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; ``password=x`` → ``***``."""
+    if "://" not in url:  # key=value conninfo
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url

@@ -166,6 +166,11 @@ class Relay:
         else:
             self.deliver_wake.set()
 
+    def _toggle_debug(self) -> None:
+        from relay.logs import toggle_debug
+
+        log.warning("log level now %s (SIGHUP)", toggle_debug(self.config.log_level))
+
     def stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stopping: no new claims; draining in-flight deliveries")
@@ -216,17 +221,23 @@ class Relay:
             return None
         want = min(free, self.config.claim_batch)
         self.deliver_wake.clear()
-        jobs = await self.store.claim(want, self.config.lease_seconds)
+        jobs = await self.store.claim(want, self.config.lease_seconds, self._saturated())
         self.metrics.db_up.labels("pool").set(1)
         self.metrics.claims.labels("delivery").inc()
         if jobs:
             self.metrics.claimed.labels("delivery").inc(len(jobs))
+        claimed = len(jobs)
+        jobs, overflow = self._within_caps(jobs)
+        if overflow:
+            # One claim can overshoot a subscription's cap; give the excess straight back
+            # (due now, for any relay) rather than let it queue behind a slow endpoint.
+            await self.store.release([(j.id, j.token) for j in overflow])
         for job in jobs:
             task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
             self.in_flight[task] = job
             task.add_done_callback(self._attempt_done)
         self.metrics.in_flight.set(len(self.in_flight))
-        if len(jobs) < want:
+        if claimed < want:
             # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
             wait = self.config.poll_interval
             until = await self.store.seconds_until_due()
@@ -235,6 +246,36 @@ class Relay:
             if wait > 0:
                 await self._sleep_or_wake(self.deliver_wake, wait)
         return None
+
+    def _within_caps(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+        """Split claimed jobs into those within their subscription's cap and the overflow."""
+        cap = self.config.effective_subscription_concurrency
+        if cap >= self.config.concurrency:
+            return jobs, []
+        per_sub = self._per_subscription()
+        keep: list[Job] = []
+        overflow: list[Job] = []
+        for job in jobs:
+            n = per_sub.get(job.subscription_id, 0)
+            if n >= cap:
+                overflow.append(job)
+            else:
+                per_sub[job.subscription_id] = n + 1
+                keep.append(job)
+        return keep, overflow
+
+    def _per_subscription(self) -> dict[int, int]:
+        per_sub: dict[int, int] = {}
+        for job in self.in_flight.values():
+            per_sub[job.subscription_id] = per_sub.get(job.subscription_id, 0) + 1
+        return per_sub
+
+    def _saturated(self) -> list[int]:
+        """Subscriptions that may not take more of this relay's slots right now."""
+        cap = self.config.effective_subscription_concurrency
+        if cap >= self.config.concurrency:
+            return []
+        return [sub for sub, n in self._per_subscription().items() if n >= cap]
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
@@ -307,6 +348,8 @@ class Relay:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            # SIGHUP (systemctl reload): toggle debug logging without dropping any state.
+            loop.add_signal_handler(signal.SIGHUP, self._toggle_debug)
         await self.store.open()
         await self.sender.start()
         await self.health.start()
@@ -361,8 +404,9 @@ class Relay:
             released = await self.store.release(leftovers)
             log.info("released %d unfinished deliveries for other relays", released)
         except DatabaseError as exc:
-            log.warning("could not release %d deliveries (lease will expire): %s",
-                        len(leftovers), exc)
+            log.warning(
+                "could not release %d deliveries (lease will expire): %s", len(leftovers), exc
+            )
 
 
 def main(config: Config) -> int:

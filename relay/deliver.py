@@ -8,7 +8,6 @@ with a delay / dead, from the subscription's :class:`~relay.retry.RetryPolicy`.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from dataclasses import dataclass
@@ -74,7 +73,8 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
     if job.body_map:
         notification = compile_body_map_cached(job.body_map).apply(notification)
-    secrets = [job.secret] if job.secret else []
+    # During a rotation overlap both the new and the previous secret sign (two v1 signatures).
+    secrets = [s for s in (job.secret, job.previous_secret) if s]
     url = URL(job.url, encoded=False)
     headers = dict(job.headers)
     headers["User-Agent"] = USER_AGENT
@@ -182,14 +182,17 @@ class HttpSender:
 
     async def _send(self, p: Prepared, timeout: float, started: datetime, t0: float) -> Result:
         assert self._session is not None, "HttpSender.start() not called"
-        async with asyncio.timeout(timeout), self._session.request(
-            p.method,
-            p.url,
-            headers=p.headers,
-            data=p.body,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=None),
-        ) as resp:
+        async with (
+            asyncio.timeout(timeout),
+            self._session.request(
+                p.method,
+                p.url,
+                headers=p.headers,
+                data=p.body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as resp,
+        ):
             raw = await resp.content.read(RESPONSE_BODY_LIMIT)
             duration = (time.perf_counter() - t0) * 1000.0
             status = resp.status
@@ -235,6 +238,3 @@ def attempt_summary(job: Job, ack: Ack) -> dict[str, Any]:
         "duration_ms": round(ack.duration_ms, 2),
         "retry_in_s": round(ack.delay, 3) if ack.outcome == "retry" else None,
     }
-
-
-__all__ = ["HttpSender", "Prepared", "Result", "attempt_summary", "decide", "prepare", "json"]

@@ -88,11 +88,10 @@ class Health:
         if self.relay.stopping.is_set():
             checks["stopping"] = {"ok": False, "error": "relay is shutting down"}
         ok = all(c["ok"] for c in checks.values())
-        return _json({"status": "ready" if ok else "not ready", "checks": checks},
-                     200 if ok else 503)
+        return _json(
+            {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503
+        )
 
 
 def _json(body: dict[str, Any], status: int) -> web.Response:
-    return web.Response(
-        text=json.dumps(body), status=status, content_type="application/json"
-    )
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")

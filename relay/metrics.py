@@ -13,9 +13,41 @@ from relay import __version__
 
 # One registry per process; tests can build their own with Metrics(CollectorRegistry()).
 _LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
 )
-_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
 
 
 def status_class(status_code: int | None, error_kind: str | None) -> str:
@@ -67,12 +99,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.claims = Counter(
-            "relay_claims_total", "Claim queries run", ["kind"], registry=r
-        )
-        self.claimed = Counter(
-            "relay_claimed_rows_total", "Rows claimed", ["kind"], registry=r
-        )
+        self.claims = Counter("relay_claims_total", "Claim queries run", ["kind"], registry=r)
+        self.claimed = Counter("relay_claimed_rows_total", "Rows claimed", ["kind"], registry=r)
         self.fanout = Counter(
             "relay_fanout_deliveries_total",
             "Deliveries created by fan-out of outbox rows",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from relay.queries import migrations
@@ -10,7 +12,7 @@ from relay.queries import migrations
 _MIGRATION_LOCK = 0x72656C6179  # "relay"
 
 
-def migrate(conn: psycopg.Connection[object]) -> list[int]:
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
     """Apply every migration not yet recorded; return the versions applied.
 
     Runs in one transaction holding a transaction-level advisory lock, so concurrent
@@ -38,7 +40,7 @@ def migrate(conn: psycopg.Connection[object]) -> list[int]:
     return applied
 
 
-def current_version(conn: psycopg.Connection[object]) -> int | None:
+def current_version(conn: psycopg.Connection[Any]) -> int | None:
     """The highest applied migration, or None when relay's schema is absent."""
     row = conn.execute("SELECT to_regclass('relay.migrations') IS NOT NULL").fetchone()
     if not row or not row[0]:

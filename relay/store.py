@@ -50,6 +50,7 @@ class Job:
     event_names: dict[str, str]
     body_map: str | None
     secret: str | None
+    previous_secret: str | None
     max_retries: int
     backoff_ms: int
     timeout_ms: int
@@ -139,11 +140,14 @@ class Store:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
-        """Lease up to ``limit`` due deliveries to this relay."""
+    async def claim(
+        self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()
+    ) -> list[Job]:
+        """Lease up to ``limit`` due deliveries to this relay, skipping ``saturated`` subscriptions."""
         token = uuid.uuid4()
         params = {
             "limit": limit,
+            "saturated": list(saturated),
             "owner": self.relay_id,
             "token": token,
             "lease_seconds": lease_seconds,

@@ -65,8 +65,12 @@ def add_subscription(conn: psycopg.Connection[Any], url: str, **fields: Any) -> 
     return int(row[0])
 
 
-def emit(conn: psycopg.Connection[Any], event_type: str, payload: dict[str, Any],
-         tenant: str | None = None) -> int:
+def emit(
+    conn: psycopg.Connection[Any],
+    event_type: str,
+    payload: dict[str, Any],
+    tenant: str | None = None,
+) -> int:
     row = conn.execute(
         "SELECT relay.emit(%s, %s::jsonb, NULL, %s)", (event_type, json.dumps(payload), tenant)
     ).fetchone()

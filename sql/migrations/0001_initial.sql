@@ -2,7 +2,6 @@
 -- Applied by `relay migrate` inside one transaction that holds an advisory lock,
 -- so several relays starting at once apply it exactly once.
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;  -- harmless on PG13+, where gen_random_uuid() is core
 
 -- Event-type catalog ---------------------------------------------------------------------------
 CREATE TABLE relay.event_types (
@@ -39,7 +38,9 @@ CREATE TABLE relay.outbox (
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     dispatched_at timestamptz,
     CONSTRAINT outbox_payload_is_object CHECK (jsonb_typeof(payload) = 'object'),
-    CONSTRAINT outbox_version_not_empty CHECK (version <> '')
+    CONSTRAINT outbox_version_not_empty CHECK (version <> ''),
+    -- 256 KiB of JSON text at most: a webhook is a notification, not a file transfer.
+    CONSTRAINT outbox_payload_size CHECK (octet_length(payload::text) <= 262144)
 );
 -- Bounded scan for the dispatcher: only undispatched rows are in this index.
 CREATE INDEX outbox_undispatched ON relay.outbox (id) WHERE dispatched_at IS NULL;
@@ -54,6 +55,9 @@ CREATE TABLE relay.subscriptions (
     event_names  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(event_names) = 'object'),
     body_map     jsonb CHECK (body_map IS NULL OR jsonb_typeof(body_map) = 'object'),
     secret       text,
+    -- Rotation: the replaced secret keeps signing (a second v1 signature) until this expires.
+    previous_secret            text,
+    previous_secret_expires_at timestamptz,
     tenant_id    text,
     max_retries  integer NOT NULL DEFAULT 3 CHECK (max_retries BETWEEN 0 AND 100),
     backoff_ms   integer NOT NULL DEFAULT 5000 CHECK (backoff_ms BETWEEN 0 AND 86400000),
@@ -173,6 +177,11 @@ BEGIN
     IF payload IS NULL OR jsonb_typeof(payload) <> 'object' THEN
         RAISE EXCEPTION 'relay.emit: payload must be a JSON object, got %',
             coalesce(jsonb_typeof(payload), 'NULL')
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF octet_length(payload::text) > 262144 THEN
+        RAISE EXCEPTION 'relay.emit: payload is % bytes of JSON, the limit is 262144 (256 KiB)',
+            octet_length(payload::text)
             USING ERRCODE = 'check_violation';
     END IF;
     INSERT INTO relay.outbox (event_type, payload, aggregate_id, tenant_id, version)

@@ -53,6 +53,9 @@ WITH due AS MATERIALIZED (
     WHERE d.status = 'pending'
       AND d.next_attempt_at <= now()
       AND s.enabled
+      -- subscriptions already at their in-flight cap on this relay wait (isolation: one slow
+      -- endpoint cannot take every slot)
+      AND d.subscription_id <> ALL (%(saturated)s::bigint[])
     ORDER BY d.next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED
@@ -70,7 +73,10 @@ RETURNING d.id, d.attempts, d.failures,
           o.id AS outbox_id, o.event_id, o.event_type, o.payload, o.version, o.tenant_id,
           o.created_at,
           s.id AS subscription_id, s.url, s.method, s.headers, s.event_names,
-          s.body_map::text AS body_map, s.secret, s.max_retries, s.backoff_ms, s.timeout_ms;
+          s.body_map::text AS body_map, s.secret,
+          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END
+              AS previous_secret,
+          s.max_retries, s.backoff_ms, s.timeout_ms;
 
 -- name: ack_deliveries
 -- Record a batch of attempt outcomes in one statement. Only rows still leased with the given

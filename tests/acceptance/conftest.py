@@ -20,13 +20,15 @@ class RelayProcess:
 
     def __init__(self, database_url: str, log_path: Path, **settings: Any) -> None:
         env = dict(os.environ)
-        env.update({
-            "RELAY_DATABASE_URL": database_url,
-            "RELAY_METRICS_ADDR": "127.0.0.1:0",
-            "RELAY_ALLOWED_NETWORKS": "127.0.0.0/8",
-            "RELAY_POLL_INTERVAL": "0.5",
-            "RELAY_LOG_FORMAT": "json",
-        })
+        env.update(
+            {
+                "RELAY_DATABASE_URL": database_url,
+                "RELAY_METRICS_ADDR": "127.0.0.1:0",
+                "RELAY_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "RELAY_POLL_INTERVAL": "0.5",
+                "RELAY_LOG_FORMAT": "json",
+            }
+        )
         for key, value in settings.items():
             env["RELAY_" + key.upper()] = str(value)
         self.log_path = log_path

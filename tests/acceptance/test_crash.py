@@ -32,16 +32,20 @@ def test_sigkill_mid_batch_loses_nothing(
         for threshold in (200, 700, 1200):
             relay = relay_process(database_url, lease_seconds=2, concurrency=32)
             wait_for(lambda t=threshold: len(rx.records()) >= t, 60, f"{threshold} deliveries")
-            in_flight = count(conn, "SELECT count(*) FROM relay.deliveries"
-                                    " WHERE status = 'pending' AND lease_token IS NOT NULL")
+            in_flight = count(
+                conn,
+                "SELECT count(*) FROM relay.deliveries"
+                " WHERE status = 'pending' AND lease_token IS NOT NULL",
+            )
             relay.kill()
             kills += 1
             assert relay.proc.returncode == -signal.SIGKILL
             assert in_flight >= 0
         relay = relay_process(database_url, lease_seconds=2, concurrency=32)
         wait_for(
-            lambda: count(conn, "SELECT count(*) FROM relay.deliveries"
-                                " WHERE status = 'delivered'") == n,
+            lambda: (
+                count(conn, "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'") == n
+            ),
             90,
             "every delivery to be delivered after restart",
         )
@@ -65,7 +69,9 @@ def test_sigterm_drains_in_flight_and_exits_zero(
             "INSERT INTO relay.outbox (event_type, payload)"
             " SELECT 'order.created', '{}' FROM generate_series(1, 20)"
         )
-        relay = relay_process(database_url, concurrency=8, drain_timeout=5)
+        relay = relay_process(
+            database_url, concurrency=8, subscription_concurrency=8, drain_timeout=5
+        )
         wait_for(lambda: len(rx.records()) >= 8, 30, "8 requests in flight")
         t0 = time.monotonic()
         relay.signal(signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import psycopg
@@ -69,13 +70,18 @@ async def test_event_names_version_and_body_map(
     )
     emit(conn, "test.processed", {"userId": "u1", "items": [{"code": "a"}, {"code": "b"}]})
     conn.execute(
-        "SELECT relay.emit('test.processed', '{\"userId\": \"u2\", \"items\": []}', NULL, NULL, 'v2')"
+        "SELECT relay.emit('test.processed', %s, NULL, NULL, 'v2')",
+        ('{"userId": "u2", "items": []}',),
     )
     async with running_relay(database_url):
         reqs = await receiver.wait_for(2)
     bodies = sorted((r.json for r in reqs), key=lambda b: b["customer"]["id"])
-    assert bodies[0] == {"type": "TestResulted", "ver": "v1", "customer": {"id": "u1"},
-                         "codes": ["a", "b"]}
+    assert bodies[0] == {
+        "type": "TestResulted",
+        "ver": "v1",
+        "customer": {"id": "u1"},
+        "codes": ["a", "b"],
+    }
     assert bodies[1] == {"type": "TestResulted", "ver": "v2", "customer": {"id": "u2"}}
 
 
@@ -83,8 +89,11 @@ async def test_get_encodes_notification_as_query(
     conn: Conn, database_url: str, receiver: Receiver
 ) -> None:
     add_subscription(conn, receiver.url() + "?static=1", method="GET", secret=SECRET)
-    emit(conn, "order.dispatched", {"orderId": "o-1", "qty": 2, "gift": True,
-                                    "address": {"city": "Leeds"}})
+    emit(
+        conn,
+        "order.dispatched",
+        {"orderId": "o-1", "qty": 2, "gift": True, "address": {"city": "Leeds"}},
+    )
     async with running_relay(database_url):
         (req,) = await receiver.wait_for(1)
     assert req.method == "GET" and req.body == b""
@@ -108,8 +117,7 @@ async def test_event_filter_globs_and_disabled(
     add_subscription(conn, receiver.url("/orders"), events=["order.*"])
     add_subscription(conn, receiver.url("/exact"), events=["test.validation_fail"])
     add_subscription(conn, receiver.url("/off"), enabled=False)
-    for t in ("order.created", "order.out_for_delivery", "test.validation_fail",
-              "test.registered"):
+    for t in ("order.created", "order.out_for_delivery", "test.validation_fail", "test.registered"):
         emit(conn, t, {})
     async with running_relay(database_url):
         await receiver.wait_for(3)
@@ -145,7 +153,7 @@ async def test_retries_then_delivered_with_history(
     async with running_relay(database_url):
         reqs = await receiver.wait_for(3, timeout=10)
         await wait_until(lambda: statuses(conn) == ["delivered"])
-    gaps = [b.received_at - a.received_at for a, b in zip(reqs, reqs[1:], strict=False)]
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(reqs)]
     assert 0.2 <= gaps[0] < 0.2 + 0.5, gaps
     assert 0.4 <= gaps[1] < 0.4 + 0.5, gaps
     assert len({r.headers["webhook-id"] for r in reqs}) == 1  # stable across retries
@@ -193,8 +201,11 @@ async def test_redirect_and_timeout_are_failures(
     add_subscription(conn, receiver.url("/slow"), max_retries=0, timeout_ms=300)
     emit(conn, "order.created", {})
     async with running_relay(database_url):
-        await wait_until(lambda: all(d["status"] == "dead" for d in deliveries(conn))
-                         and len(deliveries(conn)) == 2)
+        await wait_until(
+            lambda: (
+                all(d["status"] == "dead" for d in deliveries(conn)) and len(deliveries(conn)) == 2
+            )
+        )
     by_url = {d["subscription_id"]: d for d in deliveries(conn)}
     errors = sorted(str(d["last_error"]) for d in by_url.values())
     assert errors[0].startswith("HTTP 302 redirect to http://127.0.0.1:1/elsewhere")
@@ -239,16 +250,21 @@ async def test_two_relays_never_deliver_an_attempt_twice(
         " SELECT 'order.created', jsonb_build_object('n', g) FROM generate_series(1, %s) g",
         (n_events,),
     )
-    async with running_relay(database_url, relay_id="r1") as r1, running_relay(
-        database_url, relay_id="r2"
-    ) as r2:
+    async with (
+        running_relay(database_url, relay_id="r1") as r1,
+        running_relay(database_url, relay_id="r2") as r2,
+    ):
         reqs = await receiver.wait_for(n_events, timeout=30)
         await asyncio.sleep(0.3)
         assert r1 is not r2
     ids = [r.headers["webhook-id"] for r in receiver.requests]
     assert len(ids) == len(set(ids)) == n_events == len(reqs)
-    owners = {row[0]: row[1] for row in conn.execute(
-        "SELECT relay_id, count(*) FROM relay.delivery_attempts GROUP BY relay_id")}
+    owners = {
+        row[0]: row[1]
+        for row in conn.execute(
+            "SELECT relay_id, count(*) FROM relay.delivery_attempts GROUP BY relay_id"
+        )
+    }
     assert sum(owners.values()) == n_events
     assert set(owners) <= {"r1", "r2"}
 
@@ -270,7 +286,7 @@ async def test_default_schedule_is_5_10_15_seconds_then_dead(
         await wait_until(lambda: statuses(conn) == ["dead"], timeout=5)
         await asyncio.sleep(1.0)
         assert len(receiver.requests) == 4
-    gaps = [b.received_at - a.received_at for a, b in zip(reqs, reqs[1:], strict=False)]
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(reqs)]
     for gap, expected in zip(gaps, (5.0, 10.0, 15.0), strict=True):
         assert expected <= gap < expected + 1.0, gaps
     history = attempts(conn, deliveries(conn)[0]["id"])

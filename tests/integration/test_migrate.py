@@ -15,11 +15,19 @@ def test_migrate_is_idempotent(empty_database_url: str) -> None:
         assert migrate(conn) == []
         assert current_version(conn) == expected_schema_version()
         names = [r[0] for r in conn.execute("SELECT name FROM relay.event_types ORDER BY name")]
-    assert names == sorted([
-        "order.created", "order.dispatched", "order.out_for_delivery", "order.received",
-        "test.registered", "test.lab_accessioned", "test.processed",
-        "test.validation_success", "test.validation_fail",
-    ])
+    assert names == sorted(
+        [
+            "order.created",
+            "order.dispatched",
+            "order.out_for_delivery",
+            "order.received",
+            "test.registered",
+            "test.lab_accessioned",
+            "test.processed",
+            "test.validation_success",
+            "test.validation_fail",
+        ]
+    )
 
 
 def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
