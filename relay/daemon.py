@@ -415,7 +415,7 @@ def main(config: Config) -> int:
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
-    url = resolve_database_url(config.database_url)
+    url = resolve_database_url(config.database_url, config.state_dir)
     if config.database_url is None:
         # Nobody else migrates an embedded database: do it here.
         import psycopg

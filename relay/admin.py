@@ -1,0 +1,145 @@
+"""Operator operations as plain functions over a psycopg connection.
+
+The ``relay`` CLI is a thin shell over these; tests and scripts can call them directly.
+Writes run in ``conn.transaction()``: on an autocommit connection each call commits on its
+own; inside a caller's transaction it becomes a savepoint and the caller decides.
+
+Subscriptions live in :mod:`relay.admin_subscriptions`, deliveries and replay in
+:mod:`relay.admin_deliveries`; everything is re-exported here. This module holds status,
+the event-type catalog and ``emit``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from relay import outbox
+from relay import validation as v
+from relay.admin_common import Conn, db_errors, fetch_all, fetch_one
+from relay.admin_deliveries import (
+    DEFAULT_LIMIT,
+    STATUSES,
+    get_delivery,
+    list_deliveries,
+    replay,
+    replay_dead,
+)
+from relay.admin_subscriptions import (
+    GENERATE,
+    SubscriptionChanges,
+    SubscriptionResult,
+    add_subscription,
+    get_subscription,
+    list_subscriptions,
+    remove_subscription,
+    set_enabled,
+    update_subscription,
+)
+from relay.errors import ValidationError
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "GENERATE",
+    "STATUSES",
+    "SubscriptionChanges",
+    "SubscriptionResult",
+    "add_event_type",
+    "add_subscription",
+    "emit",
+    "get_delivery",
+    "get_subscription",
+    "list_deliveries",
+    "list_event_types",
+    "list_subscriptions",
+    "remove_subscription",
+    "replay",
+    "replay_dead",
+    "set_enabled",
+    "status",
+    "update_subscription",
+]
+
+MAX_OBJECT = 100
+MAX_DESCRIPTION = 1000
+
+
+def status(conn: Conn) -> dict[str, Any]:
+    """Backlog, pending/due/dead/delivered counts, oldest ages and the relays seen lately.
+
+    ``oldest_pending_age_seconds`` is the larger of the oldest undispatched outbox row's age
+    and how long the most overdue due delivery has waited (0 when nothing waits).
+    """
+    with db_errors():
+        row = fetch_one(conn, "admin_status")
+        relays = fetch_all(conn, "admin_status_relays")
+    assert row is not None
+    out: dict[str, Any] = {k: (0 if row[k] is None else row[k]) for k in row}
+    out["oldest_pending_age_seconds"] = max(
+        out["oldest_undispatched_age_seconds"], out["oldest_due_age_seconds"]
+    )
+    out["relays"] = relays
+    return out
+
+
+def list_event_types(conn: Conn) -> list[dict[str, Any]]:
+    """The event-type catalog, by name (each row has ``id`` = ``name``)."""
+    with db_errors():
+        return fetch_all(conn, "admin_event_type_list")
+
+
+def add_event_type(conn: Conn, name: str, object_: str = "", description: str = "") -> str:
+    """Register an event type; raises :class:`ValidationError` if invalid or already there."""
+    v.validate_event_type_name(name)
+    v.validate_text("object", object_, MAX_OBJECT)
+    v.validate_text("description", description, MAX_DESCRIPTION)
+    params = {"name": name, "object": object_, "description": description}
+    with db_errors(), conn.transaction():
+        created = fetch_one(conn, "admin_event_type_insert", params)
+    if created is None:
+        raise ValidationError("name", f"event type {name!r} already exists")
+    return name
+
+
+def emit(
+    conn: Conn,
+    event_type: str,
+    payload: Mapping[str, Any] | str,
+    *,
+    aggregate_id: str | None = None,
+    tenant_id: str | None = None,
+    version: str = "v1",
+) -> int:
+    """Write one event to the outbox in its own transaction (``relay emit``); return its id.
+
+    ``payload`` may be JSON text. Raises :class:`ValidationError` for a payload that is not
+    a JSON object and :class:`relay.EmitError` for an unknown event type.
+    """
+    if isinstance(payload, str):
+        payload = _parse_payload(payload)
+    if not isinstance(payload, Mapping):
+        raise ValidationError("payload", "must be a JSON object")
+    if tenant_id is not None:
+        v.validate_tenant(tenant_id)
+    if not version:
+        raise ValidationError("version", "must not be empty")
+    with db_errors(), conn.transaction():
+        return outbox.emit(
+            conn,
+            event_type,
+            payload,
+            aggregate_id=aggregate_id,
+            tenant_id=tenant_id,
+            version=version,
+        )
+
+
+def _parse_payload(text: str) -> Mapping[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError("payload", f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError("payload", f"must be a JSON object, got {type(value).__name__}")
+    return value

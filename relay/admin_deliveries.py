@@ -1,0 +1,108 @@
+"""Delivery history and replay.
+
+Replay gives a delivery a fresh retry budget (``failures = 0``, due now, no lease) while
+keeping its history: ``attempts`` keeps counting and every ``delivery_attempts`` row stays.
+It wakes running relays with ``pg_notify('relay_deliveries', '')`` in the same transaction, so
+the notification is only sent if the replay commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from relay.admin_common import Conn, db_errors, execute, fetch_all, fetch_one
+from relay.errors import NotFound, ValidationError
+
+STATUSES = ("pending", "delivered", "dead")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 100_000
+RESPONSE_BODY_LIMIT = 500  # characters of a response body shown by `delivery show`
+
+
+def list_deliveries(
+    conn: Conn,
+    *,
+    status: str | None = None,
+    subscription_id: int | None = None,
+    event_type: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> list[dict[str, Any]]:
+    """Deliveries matching every given filter, newest first, at most ``limit``."""
+    if status is not None and status not in STATUSES:
+        raise ValidationError("status", f"must be one of {', '.join(STATUSES)}, got {status!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+    params = {
+        "status": status,
+        "subscription_id": subscription_id,
+        "event_type": event_type,
+        "limit": limit,
+    }
+    with db_errors():
+        return fetch_all(conn, "admin_delivery_list", params)
+
+
+def get_delivery(conn: Conn, delivery_id: int) -> dict[str, Any]:
+    """One delivery with its event and its whole attempt history (``attempt_history``).
+
+    Response bodies are cut to :data:`RESPONSE_BODY_LIMIT` characters
+    (``response_truncated`` says when).
+    """
+    with db_errors():
+        row = fetch_one(conn, "admin_delivery_get", {"id": delivery_id})
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} not found")
+        row["attempt_history"] = fetch_all(
+            conn, "admin_delivery_attempts", {"id": delivery_id, "body_limit": RESPONSE_BODY_LIMIT}
+        )
+    return row
+
+
+def replay(conn: Conn, delivery_ids: Iterable[int]) -> int:
+    """Replay the given deliveries (any status); return how many.
+
+    All or nothing: an unknown id raises :class:`NotFound` naming every unknown id, and a
+    delivery of a removed subscription raises :class:`ValidationError`; nothing is replayed.
+    """
+    ids = sorted(set(delivery_ids))
+    if not ids:
+        raise ValidationError("id", "give at least one delivery id")
+    with db_errors(), conn.transaction():
+        # FOR UPDATE: a concurrent `subscription remove` cannot slip in between check and write.
+        owners = fetch_all(conn, "admin_delivery_owners", {"ids": ids})
+        missing = sorted(set(ids) - {row["id"] for row in owners})
+        if missing:
+            noun = "delivery" if len(missing) == 1 else "deliveries"
+            raise NotFound(f"{noun} not found: {', '.join(map(str, missing))}")
+        removed = sorted(row["id"] for row in owners if row["subscription_removed"])
+        if removed:
+            raise ValidationError(
+                "id",
+                "cannot replay deliveries of removed subscriptions: "
+                + ", ".join(map(str, removed)),
+            )
+        count = execute(conn, "admin_replay_ids", {"ids": ids})
+        execute(conn, "admin_notify_deliveries")
+    return count
+
+
+def replay_dead(
+    conn: Conn, *, subscription_id: int | None = None, since: datetime | None = None
+) -> int:
+    """Replay every dead delivery (of one subscription / dead since ``since``); return how many.
+
+    Deliveries of removed subscriptions are left dead: their endpoint was retired on purpose.
+    """
+    with db_errors(), conn.transaction():
+        if subscription_id is not None:
+            exists = fetch_one(conn, "admin_subscription_get", {"id": subscription_id})
+            if exists is None:
+                raise NotFound(f"subscription {subscription_id} not found")
+        count = execute(
+            conn, "admin_replay_dead", {"subscription_id": subscription_id, "since": since}
+        )
+        if count:
+            execute(conn, "admin_notify_deliveries")
+    return count

@@ -1,0 +1,306 @@
+"""Subscription management: add, update, list, show, enable/disable, remove.
+
+Every write validates all of its input first and then runs in one transaction, so a refused
+command changes nothing. Listings never carry secrets or header values: they are masked here,
+at the source, so no caller can print them by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from relay import validation as v
+from relay.admin_common import Conn, db_errors, execute, fetch_all, fetch_one
+from relay.errors import NotFound, ValidationError
+from relay.signing import mask_secret
+
+MASKED_HEADER_VALUE = "***"
+GENERATE = "generate"  # --secret generate: relay makes one and shows it once
+
+
+@dataclass
+class SubscriptionChanges:
+    """Requested subscription fields; None / empty means "not given".
+
+    For :func:`add_subscription` these are the new subscription's fields. For
+    :func:`update_subscription`, ``headers`` and ``event_names`` merge into the existing ones
+    (after ``clear_headers`` / ``clear_event_names`` are removed) and every other given field
+    replaces the stored value.
+    """
+
+    url: str | None = None
+    method: str | None = None
+    headers: Mapping[str, str] | None = None
+    clear_headers: Sequence[str] = ()
+    events: Sequence[str] | None = None
+    clear_events: bool = False
+    event_names: Mapping[str, str] | None = None
+    clear_event_names: Sequence[str] = ()
+    body_map: Mapping[str, Any] | str | None = None
+    clear_body_map: bool = False
+    secret: str | None = None  # a whsec_ secret, or GENERATE
+    clear_secret: bool = False
+    tenant_id: str | None = None
+    clear_tenant: bool = False
+    max_retries: int | str | None = None
+    backoff_ms: int | str | None = None
+    timeout_ms: int | str | None = None
+    enabled: bool | None = None
+
+    def is_empty(self) -> bool:
+        """Whether nothing at all was requested."""
+        # `is`, not `==`: max_retries=0 is a real change although 0 == False.
+        return all(
+            value is None or value is False or (isinstance(value, list | tuple) and not value)
+            for value in vars(self).values()
+        )
+
+
+@dataclass
+class SubscriptionResult:
+    """What an add/update did: the id, and a generated secret to show once (else None)."""
+
+    id: int
+    generated_secret: str | None = None
+    changed: list[str] = field(default_factory=list)
+
+
+_DEFAULTS: dict[str, Any] = {
+    "url": None,
+    "method": "POST",
+    "headers": {},
+    "events": [],
+    "event_names": {},
+    "body_map": None,
+    "secret": None,
+    "tenant_id": None,
+    "max_retries": 3,
+    "backoff_ms": 5000,
+    "timeout_ms": 10000,
+    "enabled": True,
+}
+
+
+def _check_conflicts(c: SubscriptionChanges) -> None:
+    pairs = [
+        ("event", c.events is not None and c.clear_events, "--event with --clear-events"),
+        ("body_map", c.body_map is not None and c.clear_body_map, "--body-map, --clear-body-map"),
+        ("secret", c.secret is not None and c.clear_secret, "--secret with --clear-secret"),
+        ("tenant", c.tenant_id is not None and c.clear_tenant, "--tenant with --clear-tenant"),
+    ]
+    for name, clash, what in pairs:
+        if clash:
+            raise ValidationError(name, f"cannot combine {what}")
+    set_names = {n.lower() for n in (c.headers or {})}
+    both = [n for n in c.clear_headers if n.lower() in set_names]
+    if both:
+        raise ValidationError("header", f"{both[0]!r} is both set and cleared")
+    named = set(c.event_names or {})
+    both = [t for t in c.clear_event_names if t in named]
+    if both:
+        raise ValidationError("event_name", f"{both[0]!r} is both set and cleared")
+
+
+def _check_event_types(conn: Conn, globs: Sequence[str], names: Mapping[str, str]) -> None:
+    known = [row["name"] for row in fetch_all(conn, "admin_event_type_names")]
+    known_set = set(known)
+    for pattern in globs:
+        if v.is_glob(pattern):
+            if not any(v.glob_matches(pattern, name) for name in known):
+                raise ValidationError("event", f"glob {pattern!r} matches no known event type")
+        elif pattern not in known_set:
+            raise ValidationError(
+                "event", f"unknown event type {pattern!r} (see `relay event-type list`)"
+            )
+    for event_type in names:
+        if event_type not in known_set:
+            raise ValidationError(
+                "event_name", f"unknown event type {event_type!r} (see `relay event-type list`)"
+            )
+
+
+def _merged(conn: Conn, c: SubscriptionChanges, current: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``c`` and apply it to ``current``: the full row to store."""
+    _check_conflicts(c)
+    row = dict(current)
+    if c.url is not None:
+        row["url"] = v.validate_url(c.url)
+    if c.method is not None:
+        row["method"] = v.validate_method(c.method)
+
+    headers = dict(row["headers"])
+    for name in c.clear_headers:
+        matches = [n for n in headers if n.lower() == name.lower()]
+        if not matches:
+            raise ValidationError("header", f"cannot clear {name!r}: no such header")
+        for match in matches:
+            del headers[match]
+    if c.headers is not None:
+        headers = v.validate_headers({**headers, **c.headers})
+    row["headers"] = headers
+
+    if c.clear_events:
+        row["events"] = []
+    elif c.events is not None:
+        row["events"] = v.validate_event_globs(c.events)
+
+    event_names = dict(row["event_names"])
+    for event_type in c.clear_event_names:
+        if event_names.pop(event_type, None) is None:
+            raise ValidationError("event_name", f"cannot clear {event_type!r}: no name set")
+    new_names = dict(v.validate_event_name(t, n) for t, n in (c.event_names or {}).items())
+    event_names.update(new_names)
+    row["event_names"] = event_names
+
+    if c.clear_body_map:
+        row["body_map"] = None
+    elif c.body_map is not None:
+        row["body_map"] = v.parse_body_map(c.body_map)
+
+    if c.clear_secret:
+        row["secret"] = None
+    elif c.secret is not None:
+        row["secret"] = v.generate_secret() if c.secret == GENERATE else v.validate_secret(c.secret)
+
+    if c.clear_tenant:
+        row["tenant_id"] = None
+    elif c.tenant_id is not None:
+        row["tenant_id"] = v.validate_tenant(c.tenant_id)
+
+    if c.max_retries is not None:
+        row["max_retries"] = v.validate_max_retries(c.max_retries)
+    if c.backoff_ms is not None:
+        row["backoff_ms"] = v.validate_backoff_ms(c.backoff_ms)
+    if c.timeout_ms is not None:
+        row["timeout_ms"] = v.validate_timeout_ms(c.timeout_ms)
+    if c.enabled is not None:
+        row["enabled"] = bool(c.enabled)
+
+    # Only newly given types are checked against the catalog: a stored glob whose event type
+    # was later removed must not block an unrelated update.
+    new_globs = row["events"] if c.events is not None and not c.clear_events else []
+    _check_event_types(conn, new_globs, new_names)
+    return row
+
+
+def _params(row: Mapping[str, Any]) -> dict[str, Any]:
+    params = dict(row)
+    params["headers"] = Jsonb(row["headers"])
+    params["event_names"] = Jsonb(row["event_names"])
+    params["events"] = list(row["events"])
+    params["body_map"] = None if row["body_map"] is None else Jsonb(row["body_map"])
+    return params
+
+
+def _notify(conn: Conn, subscription_id: int) -> None:
+    execute(conn, "admin_notify_subscriptions", {"id": subscription_id})
+
+
+def add_subscription(conn: Conn, changes: SubscriptionChanges) -> SubscriptionResult:
+    """Create a subscription; return its id (and the secret, if one was generated).
+
+    Raises :class:`ValidationError` naming the field for any bad input; nothing is written.
+    """
+    if changes.url is None:
+        raise ValidationError("url", "is required")
+    clears = (
+        changes.clear_headers,
+        changes.clear_events,
+        changes.clear_event_names,
+        changes.clear_body_map,
+        changes.clear_secret,
+        changes.clear_tenant,
+    )
+    if any(clears):
+        raise ValidationError("options", "--clear-* options only apply to `update`")
+    with db_errors(), conn.transaction():
+        row = _merged(conn, changes, _DEFAULTS)
+        created = fetch_one(conn, "admin_subscription_insert", _params(row))
+        assert created is not None
+        new_id = int(created["id"])
+        _notify(conn, new_id)
+    generated = row["secret"] if changes.secret == GENERATE else None
+    return SubscriptionResult(new_id, generated)
+
+
+def _locked(conn: Conn, subscription_id: int) -> dict[str, Any]:
+    row = fetch_one(conn, "admin_subscription_lock", {"id": subscription_id})
+    if row is None:
+        raise NotFound(f"subscription {subscription_id} not found")
+    if row["removed_at"] is not None:
+        raise NotFound(f"subscription {subscription_id} was removed")
+    return row
+
+
+def update_subscription(
+    conn: Conn, subscription_id: int, changes: SubscriptionChanges
+) -> SubscriptionResult:
+    """Change a subscription's fields (see :class:`SubscriptionChanges` for merge rules).
+
+    Raises :class:`NotFound` for an unknown or removed id and :class:`ValidationError` for bad
+    input; either way nothing is written.
+    """
+    if changes.is_empty():
+        raise ValidationError("options", "nothing to update: give at least one option")
+    with db_errors(), conn.transaction():
+        current = _locked(conn, subscription_id)
+        row = _merged(conn, changes, current)
+        execute(conn, "admin_subscription_update", _params(row))
+        _notify(conn, subscription_id)
+    changed = sorted(k for k in _DEFAULTS if row[k] != current[k])
+    generated = row["secret"] if changes.secret == GENERATE else None
+    return SubscriptionResult(subscription_id, generated, changed)
+
+
+def set_enabled(conn: Conn, subscription_id: int, enabled: bool) -> None:
+    """Enable or disable a subscription (a disabled one gets no new deliveries and its
+    pending ones wait)."""
+    with db_errors(), conn.transaction():
+        _locked(conn, subscription_id)
+        execute(conn, "admin_subscription_set_enabled", {"id": subscription_id, "enabled": enabled})
+        _notify(conn, subscription_id)
+
+
+def remove_subscription(conn: Conn, subscription_id: int) -> int:
+    """Soft-delete a subscription; its pending deliveries end ``dead``. Returns how many.
+
+    The row and its delivery history stay (``subscription show`` and ``delivery list`` still
+    see them); ``subscription list`` hides it unless asked for all.
+    """
+    with db_errors(), conn.transaction():
+        _locked(conn, subscription_id)
+        execute(conn, "admin_subscription_remove", {"id": subscription_id})
+        killed = execute(conn, "admin_subscription_kill_pending", {"id": subscription_id})
+        _notify(conn, subscription_id)
+    return killed
+
+
+def masked(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A subscription row as shown to operators: secret, header values and URL
+    credentials masked."""
+    out = dict(row)
+    out["url"] = v.mask_url_credentials(row["url"])
+    out["headers"] = {name: MASKED_HEADER_VALUE for name in row["headers"]}
+    out["secret"] = mask_secret(row["secret"])
+    out["events"] = list(row["events"])
+    return out
+
+
+def list_subscriptions(conn: Conn, include_removed: bool = False) -> list[dict[str, Any]]:
+    """Every subscription (masked), oldest first; removed ones only with ``include_removed``."""
+    with db_errors():
+        rows = fetch_all(conn, "admin_subscription_list", {"all": include_removed})
+    return [masked(row) for row in rows]
+
+
+def get_subscription(conn: Conn, subscription_id: int) -> dict[str, Any]:
+    """One subscription (masked), removed or not; :class:`NotFound` if it never existed."""
+    with db_errors():
+        row = fetch_one(conn, "admin_subscription_get", {"id": subscription_id})
+    if row is None:
+        raise NotFound(f"subscription {subscription_id} not found")
+    return masked(row)

@@ -1,0 +1,316 @@
+"""The ``relay`` command line: argument parsing and the thin shell over :mod:`relay.admin`.
+
+``main(argv) -> int`` never exits the interpreter itself, so tests call it in-process. Exit
+codes: 0 success, 2 usage or validation error, 1 runtime error (database unreachable, not
+found). Every error is one ``relay: error: ...`` line on stderr naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from relay import admin
+from relay import admin_format as fmt
+from relay import validation as v
+from relay.admin_common import Conn, db_errors
+from relay.cli_parser import ParserExit, UsageError, build_parser
+from relay.config import SETTINGS, load, mask_url
+from relay.embedded import is_embedded, resolve_database_url
+from relay.errors import ConfigError, DatabaseError, EmitError, RelayError, ValidationError
+from relay.migrate import migrate
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _error(message: object) -> None:
+    print(f"relay: error: {message}", file=sys.stderr)
+
+
+# Connections ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _connect(args: argparse.Namespace, *, auto_migrate: bool = True) -> Iterator[Conn]:
+    """An autocommit connection to the chosen database (see :mod:`relay.embedded`)."""
+    explicit: str | None = args.database_url
+    embedded = is_embedded(explicit)
+    url = resolve_database_url(explicit)
+    kwargs: dict[str, Any] = {}
+    with contextlib.suppress(psycopg.ProgrammingError):
+        if "connect_timeout" not in conninfo_to_dict(url):
+            kwargs["connect_timeout"] = 10  # fail fast instead of hanging on a dead host
+    try:
+        conn = psycopg.connect(url, autocommit=True, **kwargs)
+    except psycopg.Error as exc:
+        where = f" at {mask_url(url)}" if "://" in url else ""
+        raise DatabaseError(f"cannot connect to the database{where}: {exc}") from None
+    # db_errors: a driver error anywhere in the command becomes one `relay: error:` line.
+    with db_errors(), conn:
+        if embedded and auto_migrate:
+            # Nobody else migrates a private embedded database; doing it here lets a first
+            # `relay subscription add` work before `relay run` ever started.
+            migrate(conn)
+        yield conn
+
+
+# Commands ---------------------------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    with _connect(args, auto_migrate=False) as conn:
+        applied = migrate(conn)
+    if applied:
+        print("applied migrations: " + ", ".join(f"{n:04d}" for n in applied))
+    else:
+        print("schema up to date")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    flags = {s.name: getattr(args, "setting_" + s.name) for s in SETTINGS}
+    config = load(flags)
+    if args.print_config:
+        print(json.dumps(config.masked(), indent=2))
+        return 0
+    # Imported here: the daemon pulls in aiohttp & co, which no other command needs.
+    daemon: Any = importlib.import_module("relay.daemon")
+    return int(daemon.main(config))
+
+
+def _cmd_demo(argv: list[str]) -> int:
+    demo: Any = importlib.import_module("relay.demo")
+    return int(demo.main(argv))
+
+
+def _changes(args: argparse.Namespace, update: bool) -> admin.SubscriptionChanges:
+    headers: dict[str, str] = {}
+    for raw in args.header or []:
+        name, value = v.parse_header(raw)
+        headers[name] = value
+    event_names = dict(v.parse_event_name(raw) for raw in args.event_name or [])
+    changes = admin.SubscriptionChanges(
+        url=args.url,
+        method=args.method,
+        headers=headers if args.header else None,
+        events=args.event,
+        event_names=event_names if args.event_name else None,
+        body_map=args.body_map,
+        secret=args.secret,
+        tenant_id=args.tenant,
+        max_retries=args.max_retries,
+        backoff_ms=args.backoff_ms,
+        timeout_ms=args.timeout_ms,
+        enabled=False if args.disabled else None,
+    )
+    if update:
+        changes.clear_headers = args.clear_header or []
+        changes.clear_events = args.clear_events
+        changes.clear_event_names = args.clear_event_name or []
+        changes.clear_body_map = args.clear_body_map
+        changes.clear_secret = args.clear_secret
+        changes.clear_tenant = args.clear_tenant
+    return changes
+
+
+def _show_generated(result: admin.SubscriptionResult) -> None:
+    if result.generated_secret:
+        # The only time the secret is ever shown: stderr, so `id=$(relay subscription add ...)`
+        # still captures the id alone.
+        print(
+            f"relay: signing secret (shown only once, store it now): {result.generated_secret}",
+            file=sys.stderr,
+        )
+
+
+def _cmd_sub_add(args: argparse.Namespace) -> int:
+    changes = _changes(args, update=False)  # parse everything before touching the database
+    with _connect(args) as conn:
+        result = admin.add_subscription(conn, changes)
+    print(result.id)
+    _show_generated(result)
+    return 0
+
+
+def _cmd_sub_update(args: argparse.Namespace) -> int:
+    sub_id = v.parse_id(args.id)
+    changes = _changes(args, update=True)
+    with _connect(args) as conn:
+        result = admin.update_subscription(conn, sub_id, changes)
+    print(f"updated subscription {sub_id}: {', '.join(result.changed) or 'no changes'}")
+    _show_generated(result)
+    return 0
+
+
+def _cmd_sub_list(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        rows = admin.list_subscriptions(conn, include_removed=args.all)
+    print(fmt.to_json(rows) if args.json else fmt.table(rows, fmt.SUBSCRIPTION_COLUMNS))
+    return 0
+
+
+def _cmd_sub_show(args: argparse.Namespace) -> int:
+    sub_id = v.parse_id(args.id)
+    with _connect(args) as conn:
+        row = admin.get_subscription(conn, sub_id)
+    print(fmt.to_json(row) if args.json else fmt.fields(row, fmt.SUBSCRIPTION_FIELDS))
+    return 0
+
+
+def _cmd_sub_enable(args: argparse.Namespace, enable: bool) -> int:
+    sub_id = v.parse_id(args.id)
+    with _connect(args) as conn:
+        admin.set_enabled(conn, sub_id, enable)
+    print(f"{'enabled' if enable else 'disabled'} subscription {sub_id}")
+    return 0
+
+
+def _cmd_sub_remove(args: argparse.Namespace) -> int:
+    sub_id = v.parse_id(args.id)
+    with _connect(args) as conn:
+        killed = admin.remove_subscription(conn, sub_id)
+    print(f"removed subscription {sub_id} ({killed} pending deliveries marked dead)")
+    return 0
+
+
+def _cmd_delivery_list(args: argparse.Namespace) -> int:
+    sub_id = None if args.subscription is None else v.parse_id(args.subscription, "subscription")
+    limit = v.validate_int("limit", args.limit, 1, 100_000)
+    with _connect(args) as conn:
+        rows = admin.list_deliveries(
+            conn,
+            status=args.status,
+            subscription_id=sub_id,
+            event_type=args.event_type,
+            limit=limit,
+        )
+    print(fmt.to_json(rows) if args.json else fmt.table(rows, fmt.DELIVERY_COLUMNS))
+    return 0
+
+
+def _cmd_delivery_show(args: argparse.Namespace) -> int:
+    delivery_id = v.parse_id(args.id)
+    with _connect(args) as conn:
+        row = admin.get_delivery(conn, delivery_id)
+    print(fmt.to_json(row) if args.json else fmt.render_delivery(row))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if args.dead == bool(args.ids):
+        raise UsageError("give delivery IDs or --dead (not both)")
+    if args.ids and (args.subscription is not None or args.since is not None):
+        raise UsageError("--subscription and --since only apply with --dead")
+    ids = [v.parse_id(raw) for raw in args.ids]
+    sub_id = None if args.subscription is None else v.parse_id(args.subscription, "subscription")
+    with _connect(args) as conn:
+        if ids:
+            count = admin.replay(conn, ids)
+        else:
+            since = None
+            if args.since is not None:
+                now = datetime.now().astimezone()
+                since = v.parse_since(args.since, now)
+            count = admin.replay_dead(conn, subscription_id=sub_id, since=since)
+    print(f"replayed {count} {'delivery' if count == 1 else 'deliveries'}")
+    return 0
+
+
+def _cmd_emit(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        outbox_id = admin.emit(
+            conn,
+            args.type,
+            args.payload,
+            aggregate_id=args.aggregate_id,
+            tenant_id=args.tenant,
+            version=args.version,
+        )
+    print(outbox_id)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        info = admin.status(conn)
+    print(fmt.to_json(info) if args.json else fmt.render_status(info))
+    return 0
+
+
+def _cmd_event_type_list(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        rows = admin.list_event_types(conn)
+    print(fmt.to_json(rows) if args.json else fmt.table(rows, fmt.EVENT_TYPE_COLUMNS))
+    return 0
+
+
+def _cmd_event_type_add(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        name = admin.add_event_type(conn, args.name, args.object, args.description)
+    print(name)
+    return 0
+
+
+# Entry point ------------------------------------------------------------------------------------
+
+
+_HANDLERS: dict[str, Handler] = {
+    "migrate": _cmd_migrate,
+    "run": _cmd_run,
+    "subscription add": _cmd_sub_add,
+    "subscription list": _cmd_sub_list,
+    "subscription show": _cmd_sub_show,
+    "subscription update": _cmd_sub_update,
+    "subscription enable": lambda args: _cmd_sub_enable(args, True),
+    "subscription disable": lambda args: _cmd_sub_enable(args, False),
+    "subscription remove": _cmd_sub_remove,
+    "delivery list": _cmd_delivery_list,
+    "delivery show": _cmd_delivery_show,
+    "replay": _cmd_replay,
+    "emit": _cmd_emit,
+    "status": _cmd_status,
+    "event-type list": _cmd_event_type_list,
+    "event-type add": _cmd_event_type_add,
+    "demo": lambda args: _cmd_demo([]),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``relay`` command; return its exit code (0 ok, 1 runtime error, 2 usage)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if arguments[:1] == ["demo"]:
+            # The demo parses its own flags; everything after `demo` is passed on untouched.
+            return _cmd_demo(arguments[1:])
+        args = build_parser().parse_args(arguments)
+        return _HANDLERS[args.command](args)
+    except ParserExit as exc:
+        return exc.status
+    except UsageError as exc:
+        if exc.usage:
+            sys.stderr.write(exc.usage)
+        _error(exc)
+        return 2
+    except (ValidationError, EmitError, ConfigError) as exc:
+        _error(exc)
+        return 2
+    except RelayError as exc:
+        _error(exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `relay delivery list | head`: the reader left; nothing useful to report.
+        return 0
+
+
+__all__ = ["main"]
