@@ -94,10 +94,15 @@ class Acker:
             batch = self._pending[:ACK_BATCH_MAX]
             try:
                 accepted = await self.store.ack([a for _, a in batch])
-            except DatabaseError as exc:
+            except Exception as exc:
+                # Keep the outcomes and retry: if the lease expires meanwhile the delivery is
+                # simply attempted again (at-least-once), never lost.
                 delay = backoff.failed()
-                log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
-                self.metrics.db_up.labels("pool").set(0)
+                if isinstance(exc, DatabaseError):
+                    log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
+                    self.metrics.db_up.labels("pool").set(0)
+                else:
+                    log.exception("ack failed unexpectedly, retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
@@ -195,6 +200,11 @@ class Relay:
                 delay = backoff.failed()
                 log.warning("%s: database error, retrying in %.1fs: %s", name, delay, exc)
                 self.metrics.db_up.labels("pool").set(0)
+                await self._sleep_or_wake(self.stopping, delay)
+            except Exception:
+                # A bug must not silently stop a loop: log it loudly and keep going.
+                delay = backoff.failed()
+                log.exception("%s: unexpected error, retrying in %.1fs", name, delay)
                 await self._sleep_or_wake(self.stopping, delay)
 
     # -- dispatcher ----------------------------------------------------------------------------

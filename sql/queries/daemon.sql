@@ -63,7 +63,9 @@ WITH due AS MATERIALIZED (
 UPDATE relay.deliveries d
 SET lease_owner = %(owner)s,
     lease_token = %(token)s,
-    next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
+    -- the lease outlasts the request: never shorter than the subscription's timeout + 5 s
+    next_attempt_at = now() + make_interval(
+        secs => greatest(%(lease_seconds)s, s.timeout_ms / 1000.0 + 5)),
     updated_at = now()
 FROM due, relay.outbox o, relay.subscriptions s
 WHERE d.id = due.id

@@ -22,7 +22,8 @@ def test_sigkill_mid_batch_loses_nothing(
     n = 2000
     # A slow-ish receiver keeps many requests in flight when the kill lands.
     with start_receiver_process(tmp_path, delay=0.02) as rx:
-        add_subscription(conn, rx.url)
+        # Leases last max(lease_seconds, timeout + 5 s): a short timeout keeps reclaims quick.
+        add_subscription(conn, rx.url, timeout_ms=1000)
         conn.execute(
             "INSERT INTO relay.outbox (event_type, payload)"
             " SELECT 'order.created', jsonb_build_object('n', g) FROM generate_series(1, %s) g",
