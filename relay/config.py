@@ -107,9 +107,13 @@ SETTINGS: tuple[Setting, ...] = (
         "metrics_addr", _addr, "127.0.0.1:9465", "HOST:PORT for /metrics, /healthz and /readyz."
     ),
     Setting("concurrency", _positive_int, 64, "HTTP requests in flight at once."),
-    Setting("subscription_concurrency", _positive_int, None,
-            "Most requests in flight to one subscription (default 3/4 of concurrency), so a "
-            "slow endpoint cannot take every slot."),
+    Setting(
+        "subscription_concurrency",
+        _positive_int,
+        None,
+        "Most requests in flight to one subscription (default 3/4 of concurrency), so a "
+        "slow endpoint cannot take every slot.",
+    ),
     Setting("claim_batch", _positive_int, 100, "Most deliveries claimed per claim query."),
     Setting("dispatch_batch", _positive_int, 500, "Most outbox rows fanned out per transaction."),
     Setting(

@@ -329,6 +329,8 @@ class Relay:
         # Proves the event loop itself is not blocked (for /healthz).
         while not self.stopping.is_set():
             self.last_loop_tick = time.monotonic()
+            if self.listener is not None:
+                self.metrics.db_up.labels("listener").set(1 if self.listener.connected else 0)
             await self._sleep_or_wake(self.stopping, 1.0)
 
     async def _wait_for_schema(self) -> None:

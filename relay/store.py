@@ -143,7 +143,7 @@ class Store:
     async def claim(
         self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()
     ) -> list[Job]:
-        """Lease up to ``limit`` due deliveries to this relay, skipping ``saturated`` subscriptions."""
+        """Lease up to ``limit`` due deliveries, skipping ``saturated`` subscriptions."""
         token = uuid.uuid4()
         params = {
             "limit": limit,
