@@ -394,6 +394,8 @@ class Relay:
         for task in background:
             task.cancel()
         await asyncio.gather(acker, *background, return_exceptions=True)
+        with contextlib.suppress(DatabaseError):
+            await self.store.deregister()
         await self.health.stop()
         await self.sender.close()
         await self.store.close()

@@ -203,6 +203,10 @@ class Store:
         async with self._conn() as conn:
             await conn.execute(q("heartbeat"), params)
 
+    async def deregister(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("deregister"), {"relay_id": self.relay_id})
+
     async def stats(self, interval: float) -> Stats:
         """Shared gauges: recompute if stale (one relay per interval wins), then read."""
         async with self._conn() as conn:

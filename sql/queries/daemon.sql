@@ -162,3 +162,7 @@ FROM relay.stats WHERE id = 1;
 
 -- name: schema_version
 SELECT max(version) FROM relay.migrations;
+
+-- name: deregister
+-- A relay that stops cleanly is no longer "seen" (a crashed one ages out after a minute).
+DELETE FROM relay.relays WHERE relay_id = %(relay_id)s;
