@@ -229,7 +229,7 @@ class Relay:
             self.slot_free.clear()
             await self.slot_free.wait()
             return None
-        want = min(free, self.config.claim_batch)
+        want = min(free, self.config.claim_batch, self._room_per_subscription())
         self.deliver_wake.clear()
         jobs = await self.store.claim(want, self.config.lease_seconds, self._saturated())
         self.metrics.db_up.labels("pool").set(1)
@@ -279,6 +279,16 @@ class Relay:
         for job in self.in_flight.values():
             per_sub[job.subscription_id] = per_sub.get(job.subscription_id, 0) + 1
         return per_sub
+
+    def _room_per_subscription(self) -> int:
+        """The most one claim may take without pushing any subscription past its cap.
+
+        Saturated subscriptions are excluded from the claim; of the others, the busiest bounds
+        the claim size, so a claim never overshoots (no rows claimed only to be released).
+        """
+        cap = self.config.effective_subscription_concurrency
+        busiest = max((n for n in self._per_subscription().values() if n < cap), default=0)
+        return max(1, cap - busiest)
 
     def _saturated(self) -> list[int]:
         """Subscriptions that may not take more of this relay's slots right now."""
