@@ -13,6 +13,7 @@ record that reaches relay's handler — defense in depth, not the primary contro
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -77,20 +78,39 @@ _RECORD_ATTRS = frozenset(
 _handler: logging.Handler | None = None
 
 
+# Every pattern above needs one of these (lower-cased) in the text; most log lines hold none,
+# and a substring test is far cheaper than five regex scans (this runs once per delivery).
+_TRIGGERS = ("whsec_", "auth", "api", "bearer", "://", "password")
+
+
 def redact(text: str) -> str:
     """``text`` with signing secrets, auth header values and URL passwords masked."""
+    low = text.lower()
+    if not any(t in low for t in _TRIGGERS):
+        return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether an ``extra=`` field or mapping key names a credential (cached: few names)."""
+    return _SECRET_KEY.search(key) is not None
+
+
 def _redact_value(value: Any) -> Any:
     """Redact strings inside ``extra=`` values, keeping their JSON structure."""
+    if isinstance(value, _PLAIN):
+        return value
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
         return {
-            k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) else _redact_value(v)
+            k: MASK if isinstance(k, str) and _secret_key(k) else _redact_value(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -122,8 +142,11 @@ class RedactingFilter(logging.Filter):
             record.msg, record.args = cleaned, None
         for key, value in extra_fields(record).items():
             # A field named like a credential is masked whole (extra={"api_key": ...}).
-            secret = value is not None and _SECRET_KEY.search(key) is not None
-            setattr(record, key, MASK if secret else _redact_value(value))
+            if value is None or isinstance(value, _PLAIN):
+                if value is not None and _secret_key(key):
+                    setattr(record, key, MASK)
+                continue
+            setattr(record, key, MASK if _secret_key(key) else _redact_value(value))
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text when set, so this is the traceback that gets printed.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
