@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from relay.config import Config
 from relay.deliver import HttpSender, attempt_summary, decide
-from relay.errors import DatabaseError
+from relay.errors import ConfigError, DatabaseError
 from relay.health import Health
 from relay.listener import Listener
 from relay.metrics import Metrics, status_class
@@ -189,12 +189,22 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
-    async def _guarded(self, name: str, step: Callable[[], Awaitable[float | None]]) -> None:
-        """Run ``step`` until stopping; it returns how long to idle (None = loop at once)."""
+    async def _guarded(
+        self, name: str, step: Callable[[], Awaitable[float | None]], *, cancellable: bool = True
+    ) -> None:
+        """Run ``step`` until stopping, backing off on errors.
+
+        A cancellable step is abandoned as soon as a stop comes (no waiting out a database
+        timeout). The deliverer's is not: cancelling a claim whose statement had committed
+        would strand its rows until their lease expires.
+        """
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
-                await step()
+                if cancellable:
+                    await self._until_stopped(step())
+                else:
+                    await step()
                 backoff.reset()
             except DatabaseError as exc:
                 delay = backoff.failed()
@@ -372,9 +382,26 @@ class Relay:
                 loop.add_signal_handler(sig, self.stop)
             # SIGHUP (systemctl reload): toggle debug logging without dropping any state.
             loop.add_signal_handler(signal.SIGHUP, self._toggle_debug)
-        await self.store.open()
-        await self.sender.start()
-        await self.health.start()
+        # The endpoint first: a taken port is a configuration error, reported before anything
+        # else starts (and nothing is left running to hang the exit).
+        try:
+            await self.health.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"RELAY_METRICS_ADDR (metrics_addr): cannot listen on "
+                f"{self.config.metrics_addr}: {exc.strerror or exc}"
+            ) from None
+        try:
+            await self.store.open()
+            await self.sender.start()
+            return await self._serve()
+        finally:
+            await self.health.stop()
+            await self.sender.close()
+            await self.store.close()
+            log.info("relay %s stopped", self.relay_id)
+
+    async def _serve(self) -> int:
         background = [asyncio.create_task(self._ticker(), name="ticker")]
         interval = watchdog_interval()
         if interval:
@@ -384,11 +411,11 @@ class Relay:
             self.relay_id,
             extra={"metrics_addr": self.config.metrics_addr, "config": self.config.masked()},
         )
-        await self._wait_for_schema()
+        await self._until_stopped(self._wait_for_schema())
         acker = asyncio.create_task(self.acker.run(), name="acker")
         workers = [
             asyncio.create_task(self._guarded("dispatcher", self._dispatch_step)),
-            asyncio.create_task(self._guarded("deliverer", self._deliver_step)),
+            asyncio.create_task(self._guarded("deliverer", self._deliver_step, cancellable=False)),
             asyncio.create_task(self._guarded("housekeeping", self._housekeeping_step)),
         ]
         if self.listener is not None:
@@ -404,13 +431,22 @@ class Relay:
         for task in background:
             task.cancel()
         await asyncio.gather(acker, *background, return_exceptions=True)
-        with contextlib.suppress(DatabaseError):
-            await self.store.deregister()
-        await self.health.stop()
-        await self.sender.close()
-        await self.store.close()
-        log.info("relay %s stopped", self.relay_id)
+        with contextlib.suppress(DatabaseError, TimeoutError):
+            await asyncio.wait_for(self.store.deregister(), 2.0)
         return 0
+
+    async def _until_stopped(self, step: Awaitable[object]) -> None:
+        """Await ``step`` unless a stop comes first (then cancel it: no waiting out a dead DB)."""
+        task = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _drain(self) -> None:
         """Let in-flight attempts finish within the drain timeout; release the rest."""

@@ -102,7 +102,8 @@ class Store:
         await self.pool.open(wait=False)
 
     async def close(self) -> None:
-        await self.pool.close()
+        # Short: at shutdown nothing is worth waiting for a dead database.
+        await self.pool.close(timeout=1.0)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

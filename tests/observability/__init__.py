@@ -1,0 +1,1 @@
+"""Observability and operations: metrics, health, Prometheus, systemd, logs, config, lifecycle."""
