@@ -19,7 +19,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from relay.config import Config
 from relay.deliver import HttpSender, attempt_summary, decide
@@ -158,6 +159,7 @@ class Relay:
         self.deliver_wake = asyncio.Event()
         self.slot_free = asyncio.Event()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
+        self.reserved = 0  # slots promised to a dispatch in progress
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
@@ -220,21 +222,51 @@ class Relay:
     # -- dispatcher ----------------------------------------------------------------------------
     async def _dispatch_step(self) -> float | None:
         self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
-        dispatched, created = await self.store.dispatch(self.config.dispatch_batch)
+        # Lease new deliveries straight to the free slots (reserved so the deliverer does not
+        # fill them meanwhile): the first attempt needs no separate claim.
+        lease = max(0, min(self._free_slots(), self.config.claim_batch))
+        self.reserved += lease
+        try:
+            dispatched, created, jobs = await self.store.dispatch(
+                self.config.dispatch_batch, lease, self.config.lease_seconds
+            )
+        finally:
+            self.reserved -= lease
+            self.slot_free.set()
         self.metrics.db_up.labels("pool").set(1)
         if dispatched:
             self.metrics.claims.labels("outbox").inc()
             self.metrics.claimed.labels("outbox").inc(dispatched)
             self.metrics.fanout.inc(created)
-        if created:
+        if jobs:
+            self.metrics.claimed.labels("delivery").inc(len(jobs))
+            await self._start(jobs)
+        if created > len(jobs):
             self.deliver_wake.set()
         if dispatched < self.config.dispatch_batch:
             await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
         return None
 
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self.in_flight) - self.reserved
+
+    async def _start(self, jobs: list[Job]) -> None:
+        """Start an attempt task per job (within the per-subscription caps)."""
+        jobs, overflow = self._within_caps(jobs)
+        if overflow:
+            # One claim can overshoot a subscription's cap; give the excess straight back
+            # (due now, for any relay) rather than let it queue behind a slow endpoint.
+            await self.store.release([(j.id, j.token) for j in overflow])
+            self.deliver_wake.set()
+        for job in jobs:
+            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
+            self.in_flight[task] = job
+            task.add_done_callback(self._attempt_done)
+        self.metrics.in_flight.set(len(self.in_flight))
+
     # -- deliverer -----------------------------------------------------------------------------
     async def _deliver_step(self) -> float | None:
-        free = self.config.concurrency - len(self.in_flight)
+        free = self._free_slots()
         if free <= 0:
             self.slot_free.clear()
             await self.slot_free.wait()
@@ -247,16 +279,7 @@ class Relay:
         if jobs:
             self.metrics.claimed.labels("delivery").inc(len(jobs))
         claimed = len(jobs)
-        jobs, overflow = self._within_caps(jobs)
-        if overflow:
-            # One claim can overshoot a subscription's cap; give the excess straight back
-            # (due now, for any relay) rather than let it queue behind a slow endpoint.
-            await self.store.release([(j.id, j.token) for j in overflow])
-        for job in jobs:
-            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
-            self.in_flight[task] = job
-            task.add_done_callback(self._attempt_done)
-        self.metrics.in_flight.set(len(self.in_flight))
+        await self._start(jobs)
         if claimed < want:
             # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
             wait = self.config.poll_interval
@@ -414,7 +437,10 @@ class Relay:
         await self._until_stopped(self._wait_for_schema())
         acker = asyncio.create_task(self.acker.run(), name="acker")
         workers = [
-            asyncio.create_task(self._guarded("dispatcher", self._dispatch_step)),
+            # not cancellable: a dispatch leases rows to this relay (see _guarded)
+            asyncio.create_task(
+                self._guarded("dispatcher", self._dispatch_step, cancellable=False)
+            ),
             asyncio.create_task(self._guarded("deliverer", self._deliver_step, cancellable=False)),
             asyncio.create_task(self._guarded("housekeeping", self._housekeeping_step)),
         ]
@@ -485,6 +511,15 @@ def main(config: Config) -> int:
         with psycopg.connect(url) as conn:
             migrate(conn)
     try:
-        return asyncio.run(Relay(config, url).run())
+        return _run_loop(Relay(config, url).run())
     except KeyboardInterrupt:
         return 0
+
+
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed (less CPU per request), else plain asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)

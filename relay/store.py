@@ -133,13 +133,34 @@ class Store:
         async with self._conn() as conn:
             await conn.execute("SELECT 1")
 
-    async def dispatch(self, limit: int) -> tuple[int, int]:
-        """Fan out up to ``limit`` outbox rows; return (rows dispatched, deliveries created)."""
+    async def dispatch(
+        self, limit: int, lease_limit: int = 0, lease_seconds: float = 60.0
+    ) -> tuple[int, int, list[Job]]:
+        """Fan out up to ``limit`` outbox rows, leasing up to ``lease_limit`` new deliveries.
+
+        Returns (rows dispatched, deliveries created, leased jobs).
+        """
+        token = uuid.uuid4()
+        params = {
+            "limit": limit,
+            "lease_limit": lease_limit,
+            "owner": self.relay_id,
+            "token": token,
+            "lease_seconds": lease_seconds,
+        }
         async with self._conn() as conn:
-            cur = await conn.execute(q("dispatch_outbox"), {"limit": limit})
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("dispatch_outbox"), params)
+            rows = await cur.fetchall()
+        dispatched = int(rows[0]["dispatched"])
+        created = int(rows[0]["deliveries"])
+        jobs = []
+        for row in rows:
+            if row["id"] is None:
+                continue
+            del row["dispatched"], row["deliveries"]
+            jobs.append(Job(token=token, **row))
+        return dispatched, created, jobs
 
     async def claim(
         self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()

@@ -36,7 +36,13 @@ PARAMS: dict[str, dict[str, Any]] = {
         "token": uuid.uuid4(),
         "lease_seconds": 60.0,
     },
-    "dispatch_outbox": {"limit": 500},
+    "dispatch_outbox": {
+        "limit": 500,
+        "lease_limit": 64,
+        "owner": "plan-test",
+        "token": uuid.uuid4(),
+        "lease_seconds": 60.0,
+    },
     "seconds_until_due": {},
     "read_stats": {},
 }
