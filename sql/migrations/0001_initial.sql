@@ -102,6 +102,20 @@ CREATE TABLE relay.deliveries (
     dead_at          timestamptz,
     UNIQUE (outbox_id, subscription_id)
 );
+-- A queue table: every delivery row is updated two or three times within seconds. Vacuum it
+-- early (by dead-row count, not the default 20 percent of the table) so the claim's index scan does not
+-- wade through dead entries as history grows.
+ALTER TABLE relay.deliveries SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+ALTER TABLE relay.outbox SET (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.05
+);
 -- The claim query reads only this partial index: it stays as small as the backlog.
 CREATE INDEX deliveries_due ON relay.deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_dead ON relay.deliveries (dead_at) WHERE status = 'dead';
@@ -119,6 +133,29 @@ CREATE TABLE relay.delivery_attempts (
     response_body text,
     UNIQUE (delivery_id, attempt)
 );
+
+-- The claim's row selection, as a function so it can pin its plan: walk deliveries_due in
+-- order and stop after p_limit rows. With stale statistics (a queue table changes faster than
+-- ANALYZE) the planner may otherwise pick a bitmap scan of every due row plus a sort: seen
+-- taking 130 ms instead of 2 ms at a 100k backlog.
+CREATE FUNCTION relay.claim_due(p_limit integer, p_saturated bigint[]) RETURNS SETOF bigint
+LANGUAGE sql VOLATILE ROWS 100
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+AS $$
+    SELECT d.id
+    FROM relay.deliveries d
+    JOIN relay.subscriptions s ON s.id = d.subscription_id
+    WHERE d.status = 'pending'
+      AND d.next_attempt_at <= now()
+      AND s.enabled
+      -- subscriptions already at their in-flight cap on this relay wait (isolation: one slow
+      -- endpoint cannot take every slot)
+      AND d.subscription_id <> ALL (p_saturated)
+    ORDER BY d.next_attempt_at
+    LIMIT p_limit
+    FOR UPDATE OF d SKIP LOCKED
+$$;
 
 -- Relays seen (for `relay status` and metrics) --------------------------------------------------
 CREATE TABLE relay.relays (

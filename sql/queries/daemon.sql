@@ -82,18 +82,7 @@ FROM counts LEFT JOIN jobs ON true;
 -- expiry, so a crashed relay's rows fall due again with no sweeper. lease_token changes on every
 -- claim, so an ack from a relay that lost its lease matches nothing.
 WITH due AS MATERIALIZED (
-    SELECT d.id
-    FROM relay.deliveries d
-    JOIN relay.subscriptions s ON s.id = d.subscription_id
-    WHERE d.status = 'pending'
-      AND d.next_attempt_at <= now()
-      AND s.enabled
-      -- subscriptions already at their in-flight cap on this relay wait (isolation: one slow
-      -- endpoint cannot take every slot)
-      AND d.subscription_id <> ALL (%(saturated)s::bigint[])
-    ORDER BY d.next_attempt_at
-    LIMIT %(limit)s
-    FOR UPDATE OF d SKIP LOCKED
+    SELECT id FROM relay.claim_due(%(limit)s, %(saturated)s::bigint[]) AS id
 )
 UPDATE relay.deliveries d
 SET lease_owner = %(owner)s,

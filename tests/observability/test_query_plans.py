@@ -50,7 +50,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 # The partial indexes (sql/migrations/0001_initial.sql) each query must read.
 PARTIAL_INDEXES: dict[str, set[str]] = {
     "refresh_stats": {"outbox_undispatched", "deliveries_due", "deliveries_dead"},
-    "claim_deliveries": {"deliveries_due"},
+    # its row selection is relay.claim_due(), checked by the test below
+    "claim_deliveries": set(),
     "dispatch_outbox": {"outbox_undispatched"},
     "seconds_until_due": {"deliveries_due"},
     "read_stats": set(),
@@ -153,3 +154,22 @@ def test_loop_queries_use_partial_indexes_not_seq_scans(big_conn: Conn, name: st
     }
     print(f"indexes: {sorted(used)}")
     assert PARTIAL_INDEXES[name] <= used, (name, sorted(used), text)
+
+
+def test_claim_due_walks_the_due_index_in_order(big_conn: Conn) -> None:
+    """relay.claim_due (the claim's row selection, a function so its SET clauses pin the
+    plan) reads deliveries_due in order and stops at the limit: no bitmap scan, no sort."""
+    row = big_conn.execute(
+        "SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'claim_due'"
+    ).fetchone()
+    assert row is not None
+    body, settings = row
+    with big_conn.transaction():
+        for setting in settings:  # the function's own SET clauses, e.g. enable_bitmapscan=off
+            name, _, value = setting.partition("=")
+            big_conn.execute(f"SET LOCAL {name} = {value}")
+        sql = body.replace("p_limit", "100").replace("p_saturated", "'{}'::bigint[]")
+        text = "\n".join(r[0] for r in big_conn.execute("EXPLAIN " + sql).fetchall())
+    print(f"\n--- claim_due\n{text}")
+    assert "Index Scan using deliveries_due" in text, text
+    assert "Bitmap" not in text and "Sort" not in text, text
