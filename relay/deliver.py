@@ -33,6 +33,8 @@ from relay.store import Ack, Job
 USER_AGENT = f"relay/{__version__}"
 # Bytes of a response body kept in the attempt log; the rest is not even read.
 RESPONSE_BODY_LIMIT = 1024
+# Distinct URL hosts whose SSRF verdict is remembered (one per subscription host at most).
+HOST_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class HttpSender:
         self.allowed = allowed_networks
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._host_verdicts: dict[str, str | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -156,8 +159,10 @@ class HttpSender:
             prepared = prepare(job, int(time.time()))
         except MappingError as exc:
             return Result(started, elapsed(), error=f"body map failed: {exc}", error_kind="mapping")
+        refused = self._refused_literal(prepared.url.host or "")
+        if refused is not None:
+            return Result(started, elapsed(), error=refused, error_kind="forbidden")
         try:
-            check_url_host(prepared.url.host or "", self.allowed)
             return await self._send(prepared, job.timeout_ms / 1000.0, started, t0)
         except ForbiddenAddress as exc:
             return Result(started, elapsed(), error=str(exc), error_kind="forbidden")
@@ -179,6 +184,25 @@ class HttpSender:
             return Result(
                 started, elapsed(), error=f"{type(exc).__name__}: {detail}", error_kind="error"
             )
+
+    def _refused_literal(self, host: str) -> str | None:
+        """Why an IP-literal host is refused (None: allowed, or a name the resolver checks).
+
+        Cached per host: parsing the address on every request showed in profiles, and the
+        answer cannot change while the allowed networks stay the same.
+        """
+        try:
+            return self._host_verdicts[host]
+        except KeyError:
+            pass
+        try:
+            check_url_host(host, self.allowed)
+            verdict = None
+        except ForbiddenAddress as exc:
+            verdict = str(exc)
+        if len(self._host_verdicts) < HOST_CACHE_SIZE:
+            self._host_verdicts[host] = verdict
+        return verdict
 
     async def _send(self, p: Prepared, timeout: float, started: datetime, t0: float) -> Result:
         assert self._session is not None, "HttpSender.start() not called"
