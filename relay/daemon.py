@@ -233,17 +233,19 @@ class Relay:
             dispatched, created, jobs = await self.store.dispatch(
                 self.config.dispatch_batch, lease, self.config.lease_seconds
             )
+            self.metrics.db_up.labels("pool").set(1)
+            if dispatched:
+                self.metrics.claims.labels("outbox").inc()
+                self.metrics.claimed.labels("outbox").inc(dispatched)
+                self.metrics.fanout.inc(created)
+            if jobs:
+                self.metrics.claimed.labels("delivery").inc(len(jobs))
+                # Still reserved until the jobs are in in_flight: a claim in between must
+                # not see the slots as free.
+                await self._start(jobs)
         finally:
             self.reserved -= lease
             self.slot_free.set()
-        self.metrics.db_up.labels("pool").set(1)
-        if dispatched:
-            self.metrics.claims.labels("outbox").inc()
-            self.metrics.claimed.labels("outbox").inc(dispatched)
-            self.metrics.fanout.inc(created)
-        if jobs:
-            self.metrics.claimed.labels("delivery").inc(len(jobs))
-            await self._start(jobs)
         if created > len(jobs):
             self.deliver_wake.set()
         if dispatched < self.config.dispatch_batch:
@@ -256,16 +258,17 @@ class Relay:
     async def _start(self, jobs: list[Job]) -> None:
         """Start an attempt task per job (within the per-subscription caps)."""
         jobs, overflow = self._within_caps(jobs)
-        if overflow:
-            # One claim can overshoot a subscription's cap; give the excess straight back
-            # (due now, for any relay) rather than let it queue behind a slow endpoint.
-            await self.store.release([(j.id, j.token) for j in overflow])
-            self.deliver_wake.set()
+        # Register the kept jobs first, so the counts are right while the release awaits.
         for job in jobs:
             task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
             self.in_flight[task] = job
             task.add_done_callback(self._attempt_done)
         self.metrics.in_flight.set(len(self.in_flight))
+        if overflow:
+            # One claim can overshoot a subscription's cap; give the excess straight back
+            # (due now, for any relay) rather than let it queue behind a slow endpoint.
+            await self.store.release([(j.id, j.token) for j in overflow])
+            self.deliver_wake.set()
 
     # -- deliverer -----------------------------------------------------------------------------
     async def _deliver_step(self) -> float | None:
@@ -297,7 +300,7 @@ class Relay:
         if claimed < want:
             # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
             wait = self.config.poll_interval
-            until = await self.store.seconds_until_due()
+            until = await self.store.seconds_until_due(self._saturated())
             if until is not None:
                 wait = max(0.0, min(wait, until))
             if wait > 0:
@@ -342,6 +345,14 @@ class Relay:
         busiest = max((n for n in self._per_subscription().values() if n < cap), default=0)
         return max(1, cap - busiest)
 
+    def _was_saturated(self, subscription_id: int) -> bool:
+        """Whether the subscription was at its cap before one of its attempts finished."""
+        cap = self.config.effective_subscription_concurrency
+        if cap >= self.config.concurrency:
+            return False
+        n = sum(1 for j in self.in_flight.values() if j.subscription_id == subscription_id)
+        return n + 1 >= cap
+
     def _saturated(self) -> list[int]:
         """Subscriptions that may not take more of this relay's slots right now."""
         cap = self.config.effective_subscription_concurrency
@@ -350,7 +361,10 @@ class Relay:
         return [sub for sub, n in self._per_subscription().items() if n >= cap]
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.pop(task, None)
+        job = self.in_flight.pop(task, None)
+        if job is not None and self._was_saturated(job.subscription_id):
+            # Its due rows were skipped by claims and by the next-due time: look again.
+            self.deliver_wake.set()
         self.metrics.in_flight.set(len(self.in_flight))
         self.slot_free.set()
         if not task.cancelled() and task.exception() is not None:

@@ -28,7 +28,7 @@ from relay.notification import (
 )
 from relay.retry import RetryPolicy, delay_with_retry_after, parse_retry_after
 from relay.signing import webhook_headers
-from relay.store import Ack, Job
+from relay.store import Ack, Job, Undecodable
 
 USER_AGENT = f"relay/{__version__}"
 # Bytes of a response body kept in the attempt log; the rest is not even read.
@@ -72,6 +72,8 @@ def prepare(job: Job, timestamp: int) -> Prepared:
 
     Raises :class:`MappingError` when the subscription's body map cannot be applied.
     """
+    if isinstance(job.payload, Undecodable):
+        raise MappingError(Undecodable.reason)
     notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
     if job.body_map:
         notification = compile_body_map_cached(job.body_map).apply(notification)
@@ -217,7 +219,7 @@ class HttpSender:
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as resp,
         ):
-            raw = await resp.content.read(RESPONSE_BODY_LIMIT)
+            raw = await _read_head(resp)
             duration = (time.perf_counter() - t0) * 1000.0
             status = resp.status
             retry_after = None
@@ -236,6 +238,29 @@ class HttpSender:
                 response_body=raw.decode("utf-8", "replace") if raw else None,
                 retry_after=retry_after,
             )
+
+
+async def _read_head(resp: aiohttp.ClientResponse) -> bytes:
+    """The first RESPONSE_BODY_LIMIT bytes of the body (what the attempt log keeps).
+
+    Reads until that many bytes, the declared Content-Length, or EOF: a single read returns
+    only what is buffered, and a response cut off by a reset must fail the attempt rather
+    than count as delivered.
+    """
+    want = RESPONSE_BODY_LIMIT
+    if resp.content_length is not None:
+        want = min(want, resp.content_length)
+    raw = b""
+    while len(raw) < want:
+        chunk = await resp.content.read(want - len(raw))
+        if not chunk:
+            if resp.content_length is not None:
+                raise aiohttp.ClientPayloadError(
+                    f"response truncated: {len(raw)} of {resp.content_length} bytes"
+                )
+            break
+        raw += chunk
+    return raw
 
 
 def _forbidden_cause(exc: BaseException) -> ForbiddenAddress | None:

@@ -40,6 +40,9 @@ class Listener:
                 await self._listen(stopping)
                 delay = RECONNECT_MIN
             except (psycopg.Error, OSError) as exc:
+                if self.connected:
+                    # It was up: this is a fresh loss, not the next failure of a retry series.
+                    delay = RECONNECT_MIN
                 log.warning("listener connection lost, reconnecting in %.1fs: %s", delay, exc)
             finally:
                 self.connected = False

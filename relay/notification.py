@@ -146,6 +146,9 @@ class BodyMap:
                 raise ValidationError(_FIELD, f"output name {name!r} is not a string")
             if name == "":
                 raise ValidationError(_FIELD, "output names must not be empty")
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+                # jsonb cannot hold NUL, and no receiver wants control characters in keys.
+                raise ValidationError(_FIELD, f"output name {name!r} has a control character")
             segments = tuple(name.split("."))
             if "" in segments:
                 raise ValidationError(_FIELD, f"output name {name!r} has an empty segment")

@@ -7,6 +7,7 @@ exactly when (and only if) the app's transaction commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,14 @@ from psycopg.types.json import Jsonb
 from relay.errors import EmitError
 
 _EMIT_SQL = "SELECT relay.emit(%s, %s, %s, %s, %s)"
+# What Postgres says about a bad event (unknown type, not an object, too large, text jsonb
+# cannot hold such as NUL): all surface as EmitError. The app's transaction is then failed,
+# as for any statement error, so its own write cannot commit without its event.
+_REFUSALS = (
+    psycopg.errors.ForeignKeyViolation,
+    psycopg.errors.CheckViolation,
+    psycopg.errors.DataError,
+)
 
 
 def _params(
@@ -31,11 +40,23 @@ def _params(
         raise EmitError(f"payload: must be a dict (a JSON object), got {type(payload).__name__}")
     if not isinstance(version, str) or not version:
         raise EmitError("version: must be a non-empty string")
-    return (event_type, Jsonb(dict(payload)), aggregate_id, tenant_id, version)
+    try:
+        # Serialise here, strictly: NaN/Infinity are not JSON, and an unserialisable or
+        # absurdly deep value must be the app's clear EmitError, not a driver exception.
+        text = json.dumps(dict(payload), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EmitError(f"payload: cannot be stored as JSON: {exc}") from None
+    return (event_type, Jsonb(text, dumps=_as_is), aggregate_id, tenant_id, version)
+
+
+def _as_is(text: Any) -> str:
+    return str(text)
 
 
 def _translate(exc: psycopg.Error) -> EmitError:
     message = exc.diag.message_primary or str(exc)
+    if isinstance(exc, psycopg.errors.DataError):
+        message = f"payload: {message}"
     return EmitError(message)
 
 
@@ -57,7 +78,7 @@ def emit(
     params = _params(event_type, payload, aggregate_id, tenant_id, version)
     try:
         row = conn.execute(_EMIT_SQL, params).fetchone()
-    except (psycopg.errors.ForeignKeyViolation, psycopg.errors.CheckViolation) as exc:
+    except _REFUSALS as exc:
         raise _translate(exc) from exc
     assert row is not None
     return int(row[0])
@@ -77,7 +98,7 @@ async def emit_async(
     try:
         cur = await conn.execute(_EMIT_SQL, params)
         row = await cur.fetchone()
-    except (psycopg.errors.ForeignKeyViolation, psycopg.errors.CheckViolation) as exc:
+    except _REFUSALS as exc:
         raise _translate(exc) from exc
     assert row is not None
     return int(row[0])

@@ -7,6 +7,7 @@ pool): no transaction ever spans an HTTP call.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from relay import __version__
@@ -80,6 +82,25 @@ class Stats:
     relays_seen: int
 
 
+class Undecodable(dict[str, Any]):
+    """Stands in for a JSON value Python cannot decode (nested deeper than its recursion
+    limit, which jsonb allows). The delivery of such an event ends dead with the reason,
+    instead of the decoding error failing, and so blocking, a whole claimed batch."""
+
+    reason = "payload is nested too deeply to decode"
+
+
+def _loads(data: bytes | bytearray | memoryview | str) -> Any:
+    try:
+        return json.loads(bytes(data) if not isinstance(data, str) else data)
+    except RecursionError:
+        return Undecodable()
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(_loads, conn)
+
+
 class Store:
     """Async access to relay's tables through a connection pool."""
 
@@ -92,6 +113,7 @@ class Store:
             max_size=pool_size,
             kwargs={"autocommit": True},
             open=False,
+            configure=_configure,
             name="relay",
             timeout=POOL_TIMEOUT,
         )
@@ -209,9 +231,10 @@ class Store:
             cur = await conn.execute(q("release_deliveries"), params)
             return len(await cur.fetchall())
 
-    async def seconds_until_due(self) -> float | None:
+    async def seconds_until_due(self, saturated: Sequence[int] = ()) -> float | None:
+        """Until the next delivery this relay could claim falls due (<= 0: due already)."""
         async with self._conn() as conn:
-            cur = await conn.execute(q("seconds_until_due"))
+            cur = await conn.execute(q("seconds_until_due"), {"saturated": list(saturated)})
             row = await cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

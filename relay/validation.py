@@ -90,14 +90,27 @@ def parse_header(raw: str) -> tuple[str, str]:
     """Split and validate a ``'Name: value'`` command-line header."""
     name, sep, value = raw.partition(":")
     if not sep:
-        raise ValidationError("header", f"expected 'Name: value', got {raw!r}")
+        # Never echo the input: a mistyped 'Authorization Bearer <token>' is a credential.
+        raise ValidationError(
+            "header", f"expected 'Name: value' (no ':' after {_first_word(raw)!r})"
+        )
     return validate_header(name, value)
+
+
+def _first_word(text: str) -> str:
+    words = text.split()
+    return words[0] if words else ""
 
 
 def validate_header(name: str, value: str) -> tuple[str, str]:
     """A header a subscription may set: token name, printable-ASCII value, not reserved."""
     if not name or not _TOKEN_RE.match(name) or len(name) > MAX_HEADER_NAME:
-        raise ValidationError("header", f"invalid header name {name!r} (RFC 7230 token)")
+        raise ValidationError(
+            "header",
+            f"invalid header name {_first_word(name)!r}... (RFC 7230 token)"
+            if len(name.split()) > 1
+            else f"invalid header name {name!r} (RFC 7230 token)",
+        )
     low = name.lower()
     if low in RESERVED_HEADERS or low.startswith("webhook-"):
         raise ValidationError("header", f"{name!r} is set by relay and cannot be overridden")

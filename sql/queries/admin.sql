@@ -63,9 +63,23 @@ UPDATE relay.subscriptions SET
 WHERE id = %(id)s;
 
 -- name: admin_subscription_set_enabled
-UPDATE relay.subscriptions
-SET enabled = %(enabled)s, updated_at = now()
-WHERE id = %(id)s AND removed_at IS NULL;
+-- Disabling parks the subscription's waiting deliveries (due at 'infinity') so claims do not
+-- walk past them; enabling makes them due now. In-flight ones (leased) are left alone; the
+-- claim's own enabled filter covers them.
+WITH sub AS (
+    UPDATE relay.subscriptions
+    SET enabled = %(enabled)s, updated_at = now()
+    WHERE id = %(id)s AND removed_at IS NULL
+    RETURNING id, enabled
+)
+UPDATE relay.deliveries d
+SET next_attempt_at = CASE WHEN sub.enabled THEN now() ELSE 'infinity' END,
+    updated_at = now()
+FROM sub
+WHERE d.subscription_id = sub.id
+  AND d.status = 'pending'
+  AND d.lease_token IS NULL
+  AND (d.next_attempt_at = 'infinity') = sub.enabled;
 
 -- name: admin_subscription_remove
 -- Soft delete: the row stays so its delivery history keeps its foreign key.

@@ -151,10 +151,17 @@ WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
 RETURNING d.id;
 
 -- name: seconds_until_due
--- How long until the earliest pending delivery falls due (negative: overdue); NULL if none.
-SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-FROM relay.deliveries
-WHERE status = 'pending';
+-- How long until the earliest delivery a claim could take falls due (negative: overdue);
+-- NULL if none. Same filters as the claim (enabled, not saturated): otherwise rows the claim
+-- skips would look due and the deliverer would spin.
+SELECT extract(epoch FROM d.next_attempt_at - now())::float8
+FROM relay.deliveries d
+JOIN relay.subscriptions s ON s.id = d.subscription_id
+WHERE d.status = 'pending'
+  AND s.enabled
+  AND d.subscription_id <> ALL (%(saturated)s::bigint[])
+ORDER BY d.next_attempt_at
+LIMIT 1;
 
 -- name: heartbeat
 INSERT INTO relay.relays (relay_id, hostname, pid, version)

@@ -43,7 +43,7 @@ PARAMS: dict[str, dict[str, Any]] = {
         "token": uuid.uuid4(),
         "lease_seconds": 60.0,
     },
-    "seconds_until_due": {},
+    "seconds_until_due": {"saturated": []},
     "read_stats": {},
 }
 

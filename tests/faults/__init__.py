@@ -1,0 +1,1 @@
+"""Fault-injection tests: relay must neither lose nor leak, whatever breaks around it."""
