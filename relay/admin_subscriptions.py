@@ -20,6 +20,9 @@ from relay.signing import mask_secret
 
 MASKED_HEADER_VALUE = "***"
 GENERATE = "generate"  # --secret generate: relay makes one and shows it once
+# Rotation: after `update --secret`, the replaced secret also signs for this long (a second
+# v1 signature), so receivers can switch without dropping a webhook.
+DEFAULT_SECRET_OVERLAP_S = 24 * 3600
 
 
 @dataclass
@@ -50,6 +53,8 @@ class SubscriptionChanges:
     backoff_ms: int | str | None = None
     timeout_ms: int | str | None = None
     enabled: bool | None = None
+    # update with a new secret: the replaced one keeps signing this long (None = default)
+    secret_overlap_s: int | None = None
 
     def is_empty(self) -> bool:
         """Whether nothing at all was requested."""
@@ -249,7 +254,13 @@ def update_subscription(
     with db_errors(), conn.transaction():
         current = _locked(conn, subscription_id)
         row = _merged(conn, changes, current)
-        execute(conn, "admin_subscription_update", _params(row))
+        params = _params(row)
+        params["overlap_s"] = (
+            DEFAULT_SECRET_OVERLAP_S
+            if changes.secret_overlap_s is None
+            else changes.secret_overlap_s
+        )
+        execute(conn, "admin_subscription_update", params)
         _notify(conn, subscription_id)
     changed = sorted(k for k in _DEFAULTS if row[k] != current[k])
     generated = row["secret"] if changes.secret == GENERATE else None

@@ -119,6 +119,10 @@ def _changes(args: argparse.Namespace, update: bool) -> admin.SubscriptionChange
         changes.clear_body_map = args.clear_body_map
         changes.clear_secret = args.clear_secret
         changes.clear_tenant = args.clear_tenant
+        if args.secret_overlap is not None:
+            if args.secret is None:
+                raise ValidationError("secret_overlap", "goes with --secret (a new secret)")
+            changes.secret_overlap_s = v.parse_duration("secret_overlap", args.secret_overlap)
     return changes
 
 

@@ -106,6 +106,12 @@ def _subscription_options(p: argparse.ArgumentParser, update: bool) -> None:
         )
         p.add_argument("--clear-body-map", action="store_true", help="send the default body")
         p.add_argument("--clear-secret", action="store_true", help="stop signing")
+        p.add_argument(
+            "--secret-overlap",
+            metavar="DURATION",
+            help="with --secret: the replaced secret keeps signing too for this long "
+            "(default 24h; 0 = stop at once)",
+        )
         p.add_argument("--clear-tenant", action="store_true", help="make it internal (all tenants)")
         p.add_argument("--clear-events", action="store_true", help="receive every event type")
 

@@ -308,3 +308,17 @@ def parse_since(raw: str, now: datetime) -> datetime:
             "since", f"expected ISO 8601 time or a duration like 30m, 2h, 1d; got {raw!r}"
         ) from None
     return when if when.tzinfo is not None else when.astimezone()
+
+
+def parse_duration(field: str, raw: str) -> int:
+    """A duration like ``0``, ``90s``, ``30m``, ``24h``, ``7d`` in whole seconds."""
+    text = raw.strip()
+    if text == "0":
+        return 0
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValidationError(field, f"expected a duration like 0, 30m, 24h, 7d; got {raw!r}")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds > 365 * 86400:
+        raise ValidationError(field, "longer than a year")
+    return seconds

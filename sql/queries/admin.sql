@@ -54,6 +54,18 @@ UPDATE relay.subscriptions SET
     event_names = %(event_names)s,
     body_map = %(body_map)s,
     secret = %(secret)s,
+    -- Rotation: a secret replaced by another keeps signing for the overlap (the right-hand
+    -- sides see the old row). Clearing the secret stops signing at once.
+    previous_secret = CASE
+        WHEN %(secret)s::text IS NOT NULL AND secret IS NOT NULL
+             AND %(secret)s::text <> secret AND %(overlap_s)s::int > 0 THEN secret
+        ELSE previous_secret END,
+    previous_secret_expires_at = CASE
+        WHEN %(secret)s::text IS NOT NULL AND secret IS NOT NULL
+             AND %(secret)s::text <> secret AND %(overlap_s)s::int > 0
+            THEN now() + make_interval(secs => %(overlap_s)s::int)
+        WHEN %(secret)s::text IS NULL OR %(overlap_s)s::int = 0 THEN NULL
+        ELSE previous_secret_expires_at END,
     tenant_id = %(tenant_id)s,
     max_retries = %(max_retries)s,
     backoff_ms = %(backoff_ms)s,

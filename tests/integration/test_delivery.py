@@ -291,3 +291,78 @@ async def test_default_schedule_is_5_10_15_seconds_then_dead(
         assert expected <= gap < expected + 1.0, gaps
     history = attempts(conn, deliveries(conn)[0]["id"])
     assert [a["attempt"] for a in history] == [1, 2, 3, 4]
+
+
+async def test_secret_rotation_through_the_cli_signs_with_both_during_the_overlap(
+    conn: Conn, database_url: str, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay.cli import main as cli
+
+    old, new = SECRET, "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
+    assert (
+        cli(
+            ["subscription", "add", receiver.url(), "--secret", old, "--database-url", database_url]
+        )
+        == 0
+    )
+    sub = capsys.readouterr().out.strip()
+    assert (
+        cli(
+            [
+                "subscription",
+                "update",
+                sub,
+                "--secret",
+                new,
+                "--secret-overlap",
+                "1h",
+                "--database-url",
+                database_url,
+            ]
+        )
+        == 0
+    )
+    emit(conn, "order.created", {"n": 1})
+    async with running_relay(database_url):
+        (req,) = await receiver.wait_for(1)
+    signatures = req.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    for secret in (old, new):  # receivers on either secret verify during the overlap
+        Webhook(secret).verify(req.body.decode(), req.headers)
+    # --secret-overlap 0: the old secret stops signing at once.
+    assert (
+        cli(
+            [
+                "subscription",
+                "update",
+                sub,
+                "--secret",
+                old,
+                "--secret-overlap",
+                "0",
+                "--database-url",
+                database_url,
+            ]
+        )
+        == 0
+    )
+    emit(conn, "order.created", {"n": 2})
+    async with running_relay(database_url):
+        reqs = await receiver.wait_for(2)
+    assert len(reqs[1].headers["webhook-signature"].split(" ")) == 1
+    # Bad input names the field and changes nothing.
+    assert (
+        cli(
+            [
+                "subscription",
+                "update",
+                sub,
+                "--secret-overlap",
+                "1h",
+                "--database-url",
+                database_url,
+            ]
+        )
+        == 2
+    )
+    assert "secret_overlap" in capsys.readouterr().err
