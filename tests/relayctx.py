@@ -14,6 +14,19 @@ import psycopg
 from relay.config import Config
 from relay.daemon import Relay
 
+# The event types the migrations seed (the product text's catalog).
+SEEDED_EVENT_TYPES = (
+    "order.created",
+    "order.dispatched",
+    "order.out_for_delivery",
+    "order.received",
+    "test.registered",
+    "test.lab_accessioned",
+    "test.processed",
+    "test.validation_success",
+    "test.validation_fail",
+)
+
 # Tests deliver to the loopback receiver, which the SSRF guard refuses by default.
 TEST_ALLOWED = "127.0.0.0/8,::1/128"
 

@@ -20,21 +20,13 @@ from hypothesis import strategies as st
 
 from relay.store import Store
 from tests.faults._util import Conn, report, scaled
-from tests.relayctx import add_subscription
+from tests.relayctx import SEEDED_EVENT_TYPES, add_subscription
 
 # Extra types whose names differ from catalog ones only where LIKE would be fooled:
 # '_' is a LIKE wildcard, so 'test.lab_accessioned' must not match 'test.labxaccessioned'.
 EXTRA_TYPES = ("test.labxaccessioned", "order.created_late", "order.created.v2")
 CATALOG = (
-    "order.created",
-    "order.dispatched",
-    "order.out_for_delivery",
-    "order.received",
-    "test.registered",
-    "test.lab_accessioned",
-    "test.processed",
-    "test.validation_success",
-    "test.validation_fail",
+    *SEEDED_EVENT_TYPES,
     *EXTRA_TYPES,
 )
 TENANTS = (None, "acme", "globex", "ac%", "a_me", "ACME", "")

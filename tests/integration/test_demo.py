@@ -13,21 +13,12 @@ import pytest
 from psycopg.rows import dict_row
 
 from relay import demo
+from tests.relayctx import SEEDED_EVENT_TYPES
 
 Conn = psycopg.Connection[Any]
 
 REPO = Path(__file__).resolve().parents[2]
-CATALOG = {
-    "order.created",
-    "order.dispatched",
-    "order.out_for_delivery",
-    "order.received",
-    "test.registered",
-    "test.lab_accessioned",
-    "test.processed",
-    "test.validation_success",
-    "test.validation_fail",
-}
+CATALOG = set(SEEDED_EVENT_TYPES)
 
 
 def demo_args(database_url: str, *extra: str) -> list[str]:

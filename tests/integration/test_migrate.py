@@ -6,6 +6,7 @@ import psycopg
 
 from relay.migrate import current_version, migrate
 from relay.queries import expected_schema_version
+from tests.relayctx import SEEDED_EVENT_TYPES
 
 
 def test_migrate_is_idempotent(empty_database_url: str) -> None:
@@ -15,19 +16,7 @@ def test_migrate_is_idempotent(empty_database_url: str) -> None:
         assert migrate(conn) == []
         assert current_version(conn) == expected_schema_version()
         names = [r[0] for r in conn.execute("SELECT name FROM relay.event_types ORDER BY name")]
-    assert names == sorted(
-        [
-            "order.created",
-            "order.dispatched",
-            "order.out_for_delivery",
-            "order.received",
-            "test.registered",
-            "test.lab_accessioned",
-            "test.processed",
-            "test.validation_success",
-            "test.validation_fail",
-        ]
-    )
+    assert names == sorted(SEEDED_EVENT_TYPES)
 
 
 def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
