@@ -153,6 +153,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated CIDRs that delivery may reach although private/loopback.",
     ),
     Setting("pool_size", _positive_int, 8, "Database connections in the pool."),
+    Setting(
+        "vacuum",
+        _bool,
+        True,
+        "VACUUM relay's queue tables when dead rows pile up (a fallback for servers where "
+        "autovacuum is off or lagging).",
+    ),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Setting(
         "log_format",
@@ -184,6 +191,7 @@ class Config:
     gauge_interval: float = 5.0
     allowed_networks: str = ""
     pool_size: int = 8
+    vacuum: bool = True
     log_level: str = "info"
     log_format: str = "auto"
     relay_id: str | None = None

@@ -40,6 +40,10 @@ ERROR_BACKOFF_MIN = 0.1
 ERROR_BACKOFF_MAX = 5.0
 ACK_BATCH_MAX = 500
 SCHEMA_WAIT_INTERVAL = 2.0
+# Queue-table vacuum fallback: how often to look, and how many dead rows are worth a VACUUM.
+VACUUM_CHECK_SECONDS = 30.0
+VACUUM_MIN_DEAD = 50_000
+VACUUM_MIN_INTERVAL = 60.0
 # How long the deliverer waits for freed slots to claim several rows in one statement.
 CLAIM_GATHER_SECONDS = 0.005
 
@@ -163,6 +167,7 @@ class Relay:
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.reserved = 0  # slots promised to a dispatch in progress
         self.backlog = False  # the last claim was full: more deliveries are due
+        self.last_vacuum_check = time.monotonic()
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
@@ -392,6 +397,12 @@ class Relay:
         m.oldest_pending_age.set(stats.oldest_pending_age)
         m.relays_seen.set(stats.relays_seen)
         m.db_up.labels("pool").set(1)
+        now = time.monotonic()
+        if self.config.vacuum and now - self.last_vacuum_check >= VACUUM_CHECK_SECONDS:
+            self.last_vacuum_check = now
+            vacuumed = await self.store.vacuum_if_needed(VACUUM_MIN_DEAD, VACUUM_MIN_INTERVAL)
+            if vacuumed:
+                log.info("vacuumed %s (dead rows piled up)", ", ".join(vacuumed))
         await self._sleep_or_wake(self.stopping, self.config.gauge_interval)
         return None
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -28,6 +29,8 @@ from relay.queries import q
 
 # How long to wait for a pooled connection before calling the database unavailable.
 POOL_TIMEOUT = 5.0
+# Advisory lock key: one relay vacuums at a time.
+_VACUUM_LOCK = 0x72656C6176  # "relav"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +250,32 @@ class Store:
         }
         async with self._conn() as conn:
             await conn.execute(q("heartbeat"), params)
+
+    async def vacuum_if_needed(self, min_dead: int, min_interval: float) -> list[str]:
+        """VACUUM relay's queue tables whose dead rows piled up; return the ones vacuumed.
+
+        One relay at a time (a session advisory lock on the pooled connection): the others
+        skip. VACUUM takes no lock that blocks claims, acks or the apps' inserts.
+        """
+        done: list[str] = []
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_VACUUM_LOCK,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return done
+            try:
+                cur = await conn.execute(
+                    q("tables_needing_vacuum"),
+                    {"min_dead": min_dead, "min_interval": min_interval},
+                )
+                for (table,) in await cur.fetchall():
+                    await conn.execute(
+                        sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier("relay", table))
+                    )
+                    done.append(str(table))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_VACUUM_LOCK,))
+        return done
 
     async def deregister(self) -> None:
         async with self._conn() as conn:

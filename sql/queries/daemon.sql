@@ -197,3 +197,16 @@ SELECT max(version) FROM relay.migrations;
 -- name: deregister
 -- A relay that stops cleanly is no longer "seen" (a crashed one ages out after a minute).
 DELETE FROM relay.relays WHERE relay_id = %(relay_id)s;
+
+-- name: tables_needing_vacuum
+-- relay's queue tables whose dead rows outgrew the threshold. Every delivery row is rewritten
+-- two or three times, so without vacuum the claim's index walk wades through dead entries.
+-- autovacuum normally keeps up (the tables carry aggressive settings); this is the fallback
+-- for servers where it is off or lagging.
+SELECT relname
+FROM pg_stat_user_tables
+WHERE schemaname = 'relay'
+  AND relname IN ('deliveries', 'outbox', 'delivery_attempts')
+  AND n_dead_tup > greatest(%(min_dead)s, 0.2 * n_live_tup)
+  AND coalesce(greatest(last_vacuum, last_autovacuum), '-infinity')
+      < now() - make_interval(secs => %(min_interval)s);
