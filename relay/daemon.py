@@ -167,19 +167,23 @@ class Relay:
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.reserved = 0  # slots promised to a dispatch in progress
         self.backlog = False  # the last claim was full: more deliveries are due
+        self.new_work = True  # something may have become due since the last claim
+        self.fruitless: frozenset[int] | None = None  # exclusions of a claim that found none
         self.last_vacuum_check = time.monotonic()
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
     # -- wake-ups ------------------------------------------------------------------------------
     def deliver_wake_set(self) -> None:
+        """New deliveries may be due (NOTIFY, fan-out, a retry scheduled, rows released)."""
+        self.new_work = True
         self.deliver_wake.set()
 
     def _on_notify(self, channel: str) -> None:
         if channel == "relay_outbox":
             self.outbox_wake.set()
         else:
-            self.deliver_wake.set()
+            self.deliver_wake_set()
 
     def _toggle_debug(self) -> None:
         from relay.logs import toggle_debug
@@ -252,7 +256,7 @@ class Relay:
             self.reserved -= lease
             self.slot_free.set()
         if created > len(jobs):
-            self.deliver_wake.set()
+            self.deliver_wake_set()
         if dispatched < self.config.dispatch_batch:
             await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
         return None
@@ -273,7 +277,7 @@ class Relay:
             # One claim can overshoot a subscription's cap; give the excess straight back
             # (due now, for any relay) rather than let it queue behind a slow endpoint.
             await self.store.release([(j.id, j.token) for j in overflow])
-            self.deliver_wake.set()
+            self.deliver_wake_set()
 
     # -- deliverer -----------------------------------------------------------------------------
     async def _deliver_step(self) -> float | None:
@@ -282,8 +286,21 @@ class Relay:
             self.slot_free.clear()
             await self.slot_free.wait()
             return None
-        want = min(free, self.config.claim_batch, self._room_per_subscription())
-        if self.backlog and want < self._claim_low_water():
+        saturated = self._saturated()
+        exclusions = frozenset(saturated)
+        if exclusions and exclusions == self.fruitless and not self.new_work:
+            # The last claim that skipped these saturated subscriptions found nothing else
+            # due; running it again would walk their whole backlog for nothing. Wait for new
+            # work, or for one of them to free a slot (the exclusions then change).
+            self.deliver_wake.clear()
+            await self._sleep_or_wake(self.deliver_wake, self.config.poll_interval)
+            if not self.deliver_wake.is_set():
+                self.fruitless = None  # a poll: look once more
+            return None
+        room = self._room_per_subscription()
+        want = min(free, self.config.claim_batch, room)
+        room_limited = room < min(free, self.config.claim_batch)
+        if (self.backlog or room_limited) and want < self._claim_low_water():
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
             # costs about the same for 1 row as for 20). Bounded, so latency stays low.
@@ -293,9 +310,13 @@ class Relay:
             if not self.stopping.is_set() and self._free_slots() < self._claim_low_water():
                 return None
             want = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
+            saturated = self._saturated()
+            exclusions = frozenset(saturated)
         self.deliver_wake.clear()
-        jobs = await self.store.claim(want, self.config.lease_seconds, self._saturated())
+        self.new_work = False
+        jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
         self.backlog = len(jobs) == want
+        self.fruitless = exclusions if exclusions and len(jobs) < want else None
         self.metrics.db_up.labels("pool").set(1)
         self.metrics.claims.labels("delivery").inc()
         if jobs:
@@ -305,9 +326,14 @@ class Relay:
         if claimed < want:
             # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
             wait = self.config.poll_interval
-            until = await self.store.seconds_until_due(self._saturated())
-            if until is not None:
-                wait = max(0.0, min(wait, until))
+            if exclusions:
+                # The next-due query would walk the saturated subscriptions' rows too; look
+                # again soon instead (a retry of another subscription may wait up to 1 s).
+                wait = min(wait, 1.0)
+            else:
+                until = await self.store.seconds_until_due()
+                if until is not None:
+                    wait = max(0.0, min(wait, until))
             if wait > 0:
                 await self._sleep_or_wake(self.deliver_wake, wait)
         return None
