@@ -418,6 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.monotonic()
         try:
             results["scenarios"][name] = SCENARIOS[name](ctx)
+        except (SystemExit, KeyboardInterrupt):
+            # Interrupted (SIGTERM, ^C): keep what this scenario saw so far, then stop.
+            log(f"{name} interrupted; partial figures kept in {out}")
+            results["scenarios"][name] = {"error": "interrupted", "partial": ctx.partial.get(name)}
+            finish(results, t_all, out, complete=False)
+            raise
         except Exception as exc:  # one broken scenario must not lose the others' figures
             failed = True
             log(f"{name} failed: {exc}")

@@ -86,6 +86,8 @@ class Context:
     dbs: Databases
     workdir: Path
     settings: Settings
+    # What a long scenario has seen so far, kept by the runner if the run is interrupted.
+    partial: dict[str, Any] = field(default_factory=dict)
 
 
 class ScenarioError(RuntimeError):
@@ -546,6 +548,7 @@ def _explain(db: str, name: str, limit: int, **overrides: Any) -> list[str]:
         "lease_seconds": 60.0,
         "saturated": [],
         "relay_id": "bench",
+        "lease_limit": 64,  # dispatch leases this many new deliveries to itself (free slots)
     }
     defaults.update(overrides)
     params = {}
@@ -613,10 +616,21 @@ def scale(ctx: Context) -> dict[str, Any]:
         mid: dict[str, Any] = {}
         last_log = [time.monotonic()]
 
+        progress: list[tuple[float, int]] = []
+        ctx.partial["scale"] = {
+            "events": n,
+            "insert_s": out["insert_s"],
+            "progress": progress,
+            "at_half": mid,
+        }
+        t_start = time.monotonic()
+
         def on_poll(st: dict[str, Any], procs: list[RelayProc]) -> None:
             now = time.monotonic()
             if now - last_log[0] > 30:
                 last_log[0] = now
+                progress.append((round(now - t_start, 1), st["ok"]))
+                ctx.partial["scale"]["peak_rss_mb"] = max(round(p.hwm_kb / 1024, 1) for p in procs)
                 log(
                     f"scale: {st['ok']}/{n} delivered; relay RSS "
                     f"{[round(p.rss_kb / 1024) for p in procs]} MB"
