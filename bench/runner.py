@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", default="", help=f"comma-separated scenarios to run, of: {','.join(TABLE_ORDER)}"
     )
     p.add_argument(
-        "--quick", action="store_true", help="smaller sizes everywhere (about two minutes in all)"
+        "--quick", action="store_true", help="smaller sizes everywhere (about three minutes in all)"
     )
     p.add_argument(
         "--database-url",
@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="RELAY_X=VALUE",
-        help="extra environment for every relay process (repeatable)",
+        help="extra environment for every relay process (repeatable); RELAY_* settings, or "
+        "PGOPTIONS (libpq: e.g. '-c synchronous_commit=off' for relay's connections only)",
     )
     p.add_argument(
         "--py-spy",
@@ -378,8 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.latency_seconds = args.latency_seconds
     for item in args.relay_env:
         key, sep, value = item.partition("=")
-        if not sep or not key.startswith("RELAY_"):
-            print(f"--relay-env: expected RELAY_NAME=VALUE, got {item!r}", file=sys.stderr)
+        if not sep or not (key.startswith("RELAY_") or key == "PGOPTIONS"):
+            print(
+                f"--relay-env: expected RELAY_NAME=VALUE or PGOPTIONS=..., got {item!r}",
+                file=sys.stderr,
+            )
             return 2
         settings.relay_env[key] = value
     settings.py_spy = args.py_spy.resolve() if args.py_spy else None

@@ -556,6 +556,12 @@ def _explain(db: str, name: str, limit: int, **overrides: Any) -> list[str]:
         if p not in defaults:
             return [f"(no EXPLAIN: do not know a value for parameter %({p})s)"]
         params[p] = defaults[p]
+    with psycopg.connect(db) as conn, conn.transaction(force_rollback=True):
+        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()
+    out = [str(r[0]) for r in rows]
+    # Second pass, for statements nested in SQL functions only: auto_explain instruments every
+    # nested statement (FK checks, glob_match...), which would inflate the figures above.
+    # One plan per distinct nested statement is kept; foreign-key checks are left out.
     nested: list[str] = []
     with psycopg.connect(db) as conn, conn.transaction(force_rollback=True):
         try:
@@ -570,13 +576,19 @@ def _explain(db: str, name: str, limit: int, **overrides: Any) -> list[str]:
                     conn.execute(f"SET LOCAL auto_explain.{setting} = {value}")
                 conn.execute("SET LOCAL client_min_messages = log")
                 conn.add_notice_handler(lambda d: nested.append(d.message_primary or ""))
+            conn.execute(text, params).fetchall()
         except psycopg.Error:
-            pass  # not allowed to LOAD: top-level plan only
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()
-    out = [str(r[0]) for r in rows]
-    inner = [m for m in nested if "Query Text:" in m and "EXPLAIN" not in m]
-    for m in inner:
-        out.append("-- nested statement (auto_explain):")
+            nested = []  # not allowed to LOAD auto_explain: top-level plan only
+    top = text.strip()[:200]
+    seen: set[str] = set()
+    for m in nested:
+        if "Query Text:" not in m:
+            continue
+        query = m.split("Query Text:", 1)[1].split("\n\n", 1)[0].strip()
+        if query[:200] == top or query in seen or "FOR KEY SHARE OF" in query:
+            continue  # the top-level statement itself, a repeat, or an FK check
+        seen.add(query)
+        out.append("-- nested statement (auto_explain, second run):")
         out.extend(m.splitlines())
     return out
 
