@@ -381,8 +381,7 @@ class Relay:
         cap = self.config.effective_subscription_concurrency
         if cap >= self.config.concurrency:
             return False
-        n = sum(1 for j in self.in_flight.values() if j.subscription_id == subscription_id)
-        return n + 1 >= cap
+        return self._per_subscription().get(subscription_id, 0) + 1 >= cap
 
     def _saturated(self) -> list[int]:
         """Subscriptions that may not take more of this relay's slots right now."""

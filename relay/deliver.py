@@ -172,9 +172,7 @@ class HttpSender:
             return Result(
                 started, elapsed(), error=f"timeout after {job.timeout_ms} ms", error_kind="timeout"
             )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            return Result(started, elapsed(), error=f"TLS error: {exc}", error_kind="tls")
-        except aiohttp.ClientSSLError as exc:
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             return Result(started, elapsed(), error=f"TLS error: {exc}", error_kind="tls")
         except aiohttp.ClientConnectorError as exc:
             forbidden = _forbidden_cause(exc)

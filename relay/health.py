@@ -47,10 +47,8 @@ class Health:
         host, port = self.relay.config.metrics_host_port
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            sockname = sockets[0].getsockname()
+        if self._runner.addresses:
+            sockname = self._runner.addresses[0]
             self.bound = (sockname[0], sockname[1])
         log.info("metrics and health on http://%s:%s/metrics", host, self.bound and self.bound[1])
 

@@ -136,13 +136,8 @@ class Store:
             async with self.pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
+            # Includes the pool's own PoolTimeout/PoolClosed (psycopg.OperationalError).
             raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
-        except Exception as exc:
-            # psycopg_pool raises PoolTimeout (a psycopg.OperationalError) when no connection
-            # can be had; anything else from the pool is a database problem too.
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
-            raise
 
     async def schema_version(self) -> int | None:
         async with self._conn() as conn:

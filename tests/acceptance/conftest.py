@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.procs import terminate
+
 
 class RelayProcess:
     """``python -m relay run`` in its own process, configured through RELAY_* variables."""
@@ -58,13 +60,7 @@ class RelayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
 
 

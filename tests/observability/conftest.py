@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.daemon import Relay
+from tests.procs import terminate
 from tests.relayctx import test_config as _test_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,13 +193,7 @@ class RelayProc:
         return records
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
 
 

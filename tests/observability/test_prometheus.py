@@ -24,6 +24,7 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.observability.conftest import REPO, RelayProc, free_port, http_get, wait_for
+from tests.procs import terminate
 from tests.proxy import TcpProxy
 from tests.receiver import start_receiver_process
 from tests.relayctx import add_subscription, emit
@@ -101,13 +102,7 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
 
 
