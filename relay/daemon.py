@@ -167,6 +167,9 @@ class Relay:
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.reserved = 0  # slots promised to a dispatch in progress
         self.backlog = False  # the last claim was full: more deliveries are due
+        self.outbox_backlog = False  # the last dispatch was full: more events are waiting
+        # Enabled subscriptions (refreshed with the gauges); until known, assume many.
+        self.subscriptions_active = 1 << 30
         self.new_work = True  # something may have become due since the last claim
         self.fruitless: frozenset[int] | None = None  # exclusions of a claim that found none
         self.last_vacuum_check = time.monotonic()
@@ -234,13 +237,24 @@ class Relay:
     # -- dispatcher ----------------------------------------------------------------------------
     async def _dispatch_step(self) -> float | None:
         self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
-        # Lease new deliveries straight to the free slots (reserved so the deliverer does not
-        # fill them meanwhile): the first attempt needs no separate claim.
-        lease = max(0, min(self._free_slots(), self.config.claim_batch))
+        room = await self._gather_room() if self.outbox_backlog else self._lease_room()
+        if room > 0:
+            # Fan out only as many events as this relay can start now, and lease their
+            # deliveries to itself in the same statement: a backlog then waits in the outbox
+            # and each delivery is written twice (inserted leased, acked), not three times.
+            limit, lease = min(room, self.config.dispatch_batch), room
+        elif self._free_slots() > 0 and self._others_may_match():
+            # A subscription is at its cap, but the next events may be for others: fan out a
+            # full batch unleased; the deliverer claims around the saturated subscriptions.
+            limit, lease = self.config.dispatch_batch, 0
+        else:
+            self.slot_free.clear()
+            await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
+            return None
         self.reserved += lease
         try:
             dispatched, created, jobs = await self.store.dispatch(
-                self.config.dispatch_batch, lease, self.config.lease_seconds
+                limit, lease, self.config.lease_seconds
             )
             self.metrics.db_up.labels("pool").set(1)
             if dispatched:
@@ -257,9 +271,46 @@ class Relay:
             self.slot_free.set()
         if created > len(jobs):
             self.deliver_wake_set()
-        if dispatched < self.config.dispatch_batch:
+        self.outbox_backlog = dispatched == limit
+        if not self.outbox_backlog:
             await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
         return None
+
+    def _lease_room(self) -> int:
+        """Deliveries this relay can start now whatever subscriptions the next events match.
+
+        Bounded by the free slots, the claim batch and the room the busiest subscription has
+        left under its cap (so a lease never has to be given back for exceeding a cap).
+        """
+        room = min(self._free_slots(), self.config.claim_batch)
+        cap = self.config.effective_subscription_concurrency
+        if cap < self.config.concurrency:
+            room = min(room, cap - max(self._per_subscription().values(), default=0))
+        return max(0, room)
+
+    async def _gather_room(self) -> int:
+        """Wait for freed slots until one statement can lease a few (bounded: a gap of
+        CLAIM_GATHER_SECONDS without a freed slot ends it), and return the room."""
+        room = self._lease_room()
+        while room < self._claim_low_water() and not self.stopping.is_set():
+            if not await self._gather_slots():
+                break
+            room = self._lease_room()
+        return self._lease_room()  # the deliverer may have changed it meanwhile
+
+    async def _gather_slots(self) -> bool:
+        """Wait briefly for a slot to free; whether one did."""
+        self.slot_free.clear()
+        try:
+            await asyncio.wait_for(self.slot_free.wait(), CLAIM_GATHER_SECONDS)
+        except TimeoutError:
+            return False
+        return True
+
+    def _others_may_match(self) -> bool:
+        """Whether some enabled subscription is not at its cap (if only saturated ones exist,
+        fanning out more events now would only queue deliveries nobody can start)."""
+        return len(self._saturated()) < self.subscriptions_active
 
     def _free_slots(self) -> int:
         return self.config.concurrency - len(self.in_flight) - self.reserved
@@ -304,9 +355,7 @@ class Relay:
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
             # costs about the same for 1 row as for 20). Bounded, so latency stays low.
-            self.slot_free.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.slot_free.wait(), CLAIM_GATHER_SECONDS)
+            await self._gather_slots()
             if not self.stopping.is_set() and self._free_slots() < self._claim_low_water():
                 return None
             want = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
@@ -314,6 +363,9 @@ class Relay:
             exclusions = frozenset(saturated)
         self.deliver_wake.clear()
         self.new_work = False
+        # Marked before the statement: an excluded subscription's slot that frees while the
+        # claim runs must wake the deliverer again (see _attempt_done).
+        self.fruitless = exclusions or None
         jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
         self.backlog = len(jobs) == want
         self.fruitless = exclusions if exclusions and len(jobs) < want else None
@@ -392,8 +444,14 @@ class Relay:
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         job = self.in_flight.pop(task, None)
-        if job is not None and self._was_saturated(job.subscription_id):
-            # Its due rows were skipped by claims and by the next-due time: look again.
+        if (
+            job is not None
+            and self.fruitless is not None
+            and job.subscription_id in self.fruitless
+            and self._was_saturated(job.subscription_id)
+        ):
+            # The last claim skipped this subscription's due rows (and the next-due time
+            # ignored them): now that it has room, look again.
             self.deliver_wake.set()
         self.metrics.in_flight.set(len(self.in_flight))
         self.slot_free.set()
@@ -411,8 +469,7 @@ class Relay:
         self.acker.put(job, ack)
 
     # -- housekeeping --------------------------------------------------------------------------
-    async def _housekeeping_step(self) -> float | None:
-        self.last_loop_tick = time.monotonic()
+    async def _refresh_gauges(self) -> None:
         await self.store.heartbeat()
         stats = await self.store.stats(self.config.gauge_interval)
         m = self.metrics
@@ -421,7 +478,12 @@ class Relay:
         m.dead.set(stats.deliveries_dead)
         m.oldest_pending_age.set(stats.oldest_pending_age)
         m.relays_seen.set(stats.relays_seen)
+        self.subscriptions_active = stats.subscriptions_active
         m.db_up.labels("pool").set(1)
+
+    async def _housekeeping_step(self) -> float | None:
+        self.last_loop_tick = time.monotonic()
+        await self._refresh_gauges()
         now = time.monotonic()
         if self.config.vacuum and now - self.last_vacuum_check >= VACUUM_CHECK_SECONDS:
             self.last_vacuum_check = now
@@ -504,6 +566,9 @@ class Relay:
             extra={"metrics_addr": self.config.metrics_addr, "config": self.config.masked()},
         )
         await self._until_stopped(self._wait_for_schema())
+        with contextlib.suppress(DatabaseError):
+            # Before the dispatcher's first step, which needs the subscription count.
+            await self._until_stopped(self._refresh_gauges())
         acker = asyncio.create_task(self.acker.run(), name="acker")
         workers = [
             # not cancellable: a dispatch leases rows to this relay (see _guarded)

@@ -83,6 +83,8 @@ class Stats:
     deliveries_dead: int
     oldest_pending_age: float
     relays_seen: int
+    #: enabled subscriptions, read live (not a shared gauge): the dispatcher needs it
+    subscriptions_active: int = 0
 
 
 class Undecodable(dict[str, Any]):
@@ -285,4 +287,4 @@ class Store:
             cur = await conn.execute(q("read_stats"))
             row = await cur.fetchone()
         assert row is not None
-        return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]))
+        return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))

@@ -188,7 +188,8 @@ SET outbox_backlog = (SELECT count(*) FROM relay.outbox WHERE dispatched_at IS N
 WHERE id = 1 AND refreshed_at < now() - make_interval(secs => %(interval)s);
 
 -- name: read_stats
-SELECT outbox_backlog, deliveries_pending, deliveries_dead, oldest_pending_age, relays_seen
+SELECT outbox_backlog, deliveries_pending, deliveries_dead, oldest_pending_age, relays_seen,
+       (SELECT count(*) FROM relay.subscriptions WHERE enabled AND removed_at IS NULL)
 FROM relay.stats WHERE id = 1;
 
 -- name: schema_version
