@@ -46,6 +46,8 @@ VACUUM_MIN_DEAD = 50_000
 VACUUM_MIN_INTERVAL = 60.0
 # How long the deliverer waits for freed slots to claim several rows in one statement.
 CLAIM_GATHER_SECONDS = 0.005
+# How late the deliverer may wake for a retry, so retries falling due together share a claim.
+RETRY_COALESCE_SECONDS = 0.05
 
 
 class Backoff:
@@ -71,11 +73,15 @@ class Acker:
     """
 
     def __init__(
-        self, store: Store, metrics: Metrics, on_retry: Callable[[], None] = lambda: None
+        self,
+        store: Store,
+        metrics: Metrics,
+        on_retry: Callable[[float], None] = lambda delay: None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        # Called after retries were scheduled, so the deliverer re-reads the next due time.
+        # Called with the shortest delay after retries were scheduled, so the deliverer
+        # re-reads the next due time if it would otherwise sleep past it.
         self.on_retry = on_retry
         self._pending: list[tuple[Job, Ack]] = []
         self._wake = asyncio.Event()
@@ -116,8 +122,9 @@ class Acker:
             self.metrics.db_up.labels("pool").set(1)
             del self._pending[: len(batch)]
             self._record(batch, accepted)
-            if any(ack.outcome == "retry" for _, ack in batch):
-                self.on_retry()
+            delays = [ack.delay for _, ack in batch if ack.outcome == "retry"]
+            if delays:
+                self.on_retry(min(delays))
 
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()
@@ -156,7 +163,7 @@ class Relay:
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
-        self.acker = Acker(self.store, self.metrics, on_retry=self.deliver_wake_set)
+        self.acker = Acker(self.store, self.metrics, on_retry=self._retry_scheduled)
         self.listener = Listener(url, self._on_notify) if config.listen else None
         self.health = Health(self)
         self.notifier = SystemdNotifier()
@@ -171,6 +178,7 @@ class Relay:
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
         self.subscriptions_active = 1 << 30
         self.new_work = True  # something may have become due since the last claim
+        self.deliver_sleeps_until: float | None = None  # monotonic end of its timed sleep
         self.fruitless: frozenset[int] | None = None  # exclusions of a claim that found none
         self.last_vacuum_check = time.monotonic()
         self.schema_ok = False
@@ -181,6 +189,14 @@ class Relay:
         """New deliveries may be due (NOTIFY, fan-out, a retry scheduled, rows released)."""
         self.new_work = True
         self.deliver_wake.set()
+
+    def _retry_scheduled(self, delay: float) -> None:
+        """A retry falls due in ``delay`` s: wake the deliverer unless it already sleeps only
+        until before then (waking it for every failed attempt would cost a claim each)."""
+        until = self.deliver_sleeps_until
+        if until is not None and until <= time.monotonic() + delay:
+            return
+        self.deliver_wake_set()
 
     def _on_notify(self, channel: str) -> None:
         if channel == "relay_outbox":
@@ -285,7 +301,9 @@ class Relay:
         room = min(self._free_slots(), self.config.claim_batch)
         cap = self.config.effective_subscription_concurrency
         if cap < self.config.concurrency:
-            room = min(room, cap - max(self._per_subscription().values(), default=0))
+            busiest = max(self._per_subscription().values(), default=0)
+            # reserved slots (a claim in progress) may all be for the busiest subscription
+            room = min(room, cap - busiest - self.reserved)
         return max(0, room)
 
     async def _gather_room(self) -> int:
@@ -308,9 +326,11 @@ class Relay:
         return True
 
     def _others_may_match(self) -> bool:
-        """Whether some enabled subscription is not at its cap (if only saturated ones exist,
-        fanning out more events now would only queue deliveries nobody can start)."""
-        return len(self._saturated()) < self.subscriptions_active
+        """Whether the lack of room is a saturated subscription's while others exist (if only
+        saturated ones exist, fanning out more events now would only queue deliveries nobody
+        can start; if none is saturated, the room is promised to a claim in progress)."""
+        saturated = self._saturated()
+        return 0 < len(saturated) < self.subscriptions_active
 
     def _free_slots(self) -> int:
         return self.config.concurrency - len(self.in_flight) - self.reserved
@@ -349,6 +369,11 @@ class Relay:
                 self.fruitless = None  # a poll: look once more
             return None
         room = self._room_per_subscription()
+        if room <= 0:
+            # Slots promised to a statement in progress may all go to one subscription.
+            self.slot_free.clear()
+            await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
+            return None
         want = min(free, self.config.claim_batch, room)
         room_limited = room < min(free, self.config.claim_batch)
         if (self.backlog or room_limited) and want < self._claim_low_water():
@@ -359,6 +384,8 @@ class Relay:
             if not self.stopping.is_set() and self._free_slots() < self._claim_low_water():
                 return None
             want = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
+            if want <= 0:
+                return None
             saturated = self._saturated()
             exclusions = frozenset(saturated)
         self.deliver_wake.clear()
@@ -366,15 +393,22 @@ class Relay:
         # Marked before the statement: an excluded subscription's slot that frees while the
         # claim runs must wake the deliverer again (see _attempt_done).
         self.fruitless = exclusions or None
-        jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
-        self.backlog = len(jobs) == want
-        self.fruitless = exclusions if exclusions and len(jobs) < want else None
-        self.metrics.db_up.labels("pool").set(1)
-        self.metrics.claims.labels("delivery").inc()
-        if jobs:
-            self.metrics.claimed.labels("delivery").inc(len(jobs))
-        claimed = len(jobs)
-        await self._start(jobs)
+        # Reserved until the jobs are in in_flight, like a dispatch's leases: the dispatcher
+        # must not hand the same slots (or the same subscription's room) out meanwhile.
+        self.reserved += want
+        try:
+            jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
+            self.backlog = len(jobs) == want
+            self.fruitless = exclusions if exclusions and len(jobs) < want else None
+            self.metrics.db_up.labels("pool").set(1)
+            self.metrics.claims.labels("delivery").inc()
+            if jobs:
+                self.metrics.claimed.labels("delivery").inc(len(jobs))
+            claimed = len(jobs)
+            await self._start(jobs)
+        finally:
+            self.reserved -= want
+            self.slot_free.set()
         if claimed < want:
             # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
             wait = self.config.poll_interval
@@ -385,9 +419,15 @@ class Relay:
             else:
                 until = await self.store.seconds_until_due()
                 if until is not None:
-                    wait = max(0.0, min(wait, until))
+                    # A little after the next due time, so one claim takes the retries that
+                    # fall due close together (a retry is never early, at most this late).
+                    wait = min(wait, until + RETRY_COALESCE_SECONDS) if until > 0 else 0.0
             if wait > 0:
-                await self._sleep_or_wake(self.deliver_wake, wait)
+                self.deliver_sleeps_until = time.monotonic() + wait
+                try:
+                    await self._sleep_or_wake(self.deliver_wake, wait)
+                finally:
+                    self.deliver_sleeps_until = None
         return None
 
     def _within_caps(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
@@ -425,8 +465,10 @@ class Relay:
         the claim size, so a claim never overshoots (no rows claimed only to be released).
         """
         cap = self.config.effective_subscription_concurrency
+        if cap >= self.config.concurrency:
+            return cap
         busiest = max((n for n in self._per_subscription().values() if n < cap), default=0)
-        return max(1, cap - busiest)
+        return cap - busiest - self.reserved
 
     def _was_saturated(self, subscription_id: int) -> bool:
         """Whether the subscription was at its cap before one of its attempts finished."""

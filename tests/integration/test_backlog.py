@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -70,3 +71,35 @@ async def test_fan_out_beyond_the_free_slots_is_claimed_later(
             await wait_until(lambda: _counts(conn) == (0, 0))
         got = sorted((r.path, r.json["i"]) for r in rx.requests)
         assert got == sorted((f"/s{s}", i) for s in range(subs) for i in range(5))
+
+
+async def test_every_leased_or_claimed_delivery_is_attempted_once(
+    conn: Conn, database_url: str
+) -> None:
+    """Dispatch leases and deliverer claims share the slots and the per-subscription caps
+    (retries keep both busy): no row is taken beyond a cap only to be given back, so the rows
+    leased or claimed equal the attempts made."""
+    async with Receiver() as rx:
+        for s in range(2):
+            rx.script(f"/s{s}", [respond(500), respond(204, delay=0.02), respond(204, delay=0.02)])
+            add_subscription(conn, rx.url(f"/s{s}"), backoff_ms=50)
+        for i in range(40):
+            emit(conn, "order.created", {"i": i})
+        async with running_relay(database_url, concurrency=6, subscription_concurrency=4) as relay:
+            await wait_until(lambda: _counts(conn) == (0, 0), timeout=30)
+            taken = relay.metrics.claimed.labels("delivery")._value.get()
+        made = conn.execute("SELECT count(*) FROM relay.delivery_attempts").fetchone()
+        assert made is not None and made[0] == len(rx.requests) == 82  # 80 + 2 retries
+        assert taken == made[0]
+
+
+async def test_a_scheduled_retry_wakes_the_deliverer_only_if_it_would_sleep_past_it(
+    database_url: str,
+) -> None:
+    async with running_relay(database_url) as relay:
+        relay.deliver_wake.clear()
+        relay.deliver_sleeps_until = time.monotonic() + 0.5
+        relay._retry_scheduled(5.0)  # due after the planned wake-up: no need to wake
+        assert not relay.deliver_wake.is_set()
+        relay._retry_scheduled(0.1)  # due before it: wake to re-read the next due time
+        assert relay.deliver_wake.is_set()
