@@ -198,12 +198,14 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
 class ReceiverProc:
     """``python -m bench.receiver`` in its own process, driven over its control endpoints."""
 
-    def __init__(self, fail_every: int = 0, workdir: Path | None = None) -> None:
+    def __init__(self, fail_every: int = 0, workdir: Path | None = None, fail_nth: int = 0) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self.err_path = self.workdir / f"receiver-{uuid.uuid4().hex[:6]}.stderr"
         args = [sys.executable, "-m", "bench.receiver", "--port", "0"]
         if fail_every:
             args += ["--fail-every", str(fail_every)]
+        if fail_nth:
+            args += ["--fail-nth", str(fail_nth)]
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL

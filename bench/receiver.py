@@ -10,7 +10,9 @@ body was read), the path and whether it answered 2xx.
 
 Failure injection (retry-storm scenario): with ``--fail-every N`` every request whose event
 key is a multiple of N is answered ``--fail-status`` -- the same event fails on every attempt
-(keyed, not counted), so its retries fail too and the delivery ends ``dead``.
+(keyed, not counted), so its retries fail too and the delivery ends ``dead``. With
+``--fail-nth N`` every Nth request (by arrival, whatever its event) fails instead: exactly
+1 in N requests, and a retry usually succeeds.
 
 Control endpoints (never counted), all under ``/_bench/``:
 
@@ -44,9 +46,10 @@ MAGIC = b"RLYBENCH1"
 
 
 class State:
-    def __init__(self, fail_every: int, fail_status: int) -> None:
+    def __init__(self, fail_every: int, fail_status: int, fail_nth: int = 0) -> None:
         self.fail_every = fail_every
         self.fail_status = fail_status
+        self.fail_nth = fail_nth
         self.reset()
 
     def reset(self) -> None:
@@ -111,7 +114,7 @@ def read_dump(path: str | Path) -> dict[str, Any]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    state = State(args.fail_every, args.fail_status)
+    state = State(args.fail_every, args.fail_status, args.fail_nth)
     no_content = 204
     now = time.time
     loads = json.loads
@@ -133,7 +136,9 @@ async def serve(args: argparse.Namespace) -> None:
             ix = state.paths[path] = len(state.paths)
             state.path_counts.append(0)
         state.path_counts[ix] += 1
-        fail = state.fail_every > 0 and key % state.fail_every == 0
+        fail = (state.fail_every > 0 and key % state.fail_every == 0) or (
+            state.fail_nth > 0 and (len(state.keys) + 1) % state.fail_nth == 0
+        )
         state.keys.append(key)
         state.arrivals.append(arrived)
         state.stamps.append(stamp)
@@ -182,6 +187,12 @@ def main() -> None:
         type=int,
         default=0,
         help="answer --fail-status to every event whose key is a multiple of N",
+    )
+    parser.add_argument(
+        "--fail-nth",
+        type=int,
+        default=0,
+        help="answer --fail-status to every Nth request (by arrival, whatever the event)",
     )
     parser.add_argument("--fail-status", type=int, default=500)
     asyncio.run(serve(parser.parse_args()))

@@ -704,31 +704,45 @@ def scale(ctx: Context) -> dict[str, Any]:
 
 
 def retry(ctx: Context) -> dict[str, Any]:
+    """Three drains of the same backlog: all healthy; 1 request in 10 failing (the issue's
+    storm: any event's request may fail, its retry usually succeeds); and 1 event in 10
+    failing on every attempt until dead (stricter: 31 % of all requests then fail)."""
     s = ctx.settings
     n, every = s.retry_n, s.retry_fail_every
     failing = n // every
-    healthy = n - failing
     out: dict[str, Any] = {
         "events": n,
         "fail_every": every,
         "backoff_ms": s.retry_backoff_ms,
-        "failing_events": failing,
+        "failing_events_keyed": failing,
     }
-    for label, fail in (("healthy", 0), ("storm", every)):
+    # label -> (fail every Nth request, fail every Nth event, max_retries)
+    cases = {
+        "healthy": (0, 0, 3),
+        # max_retries 10: a delivery failing 11 times in a row by chance (1e-11) never ends
+        # dead, so every event is expected at the receiver
+        "storm": (every, 0, 10),
+        "storm_keyed": (0, every, 3),
+    }
+    for label, (nth, keyed, max_retries) in cases.items():
         with (
             ctx.dbs.fresh(f"retry_{label}") as db,
-            ReceiverProc(fail_every=fail, workdir=ctx.workdir) as rx,
+            ReceiverProc(fail_every=keyed, fail_nth=nth, workdir=ctx.workdir) as rx,
         ):
-            add_subscriptions(db, [rx.url("/hook")], backoff_ms=s.retry_backoff_ms)
+            add_subscriptions(
+                db, [rx.url("/hook")], backoff_ms=s.retry_backoff_ms, max_retries=max_retries
+            )
             insert_backlog(db, n)
-            log(f"retry {label}: {n} events, receiver fails every {fail or 'none'}")
-            expected = healthy if fail else n
+            log(f"retry {label}: {n} events, failing: every {nth or '-'} req, {keyed or '-'} ev")
+            expected = n - failing if keyed else n
 
             def settle(
-                procs: list[RelayProc], db: str = db, rx: ReceiverProc = rx, fail: int = fail
+                procs: list[RelayProc], db: str = db, rx: ReceiverProc = rx, keyed: int = keyed
             ) -> dict[str, Any]:
-                if not fail:
-                    return {}
+                st = rx.stats()
+                extra = {"requests_total": st["count"], "requests_failed": st["failed"]}
+                if not keyed:
+                    return extra
                 # The failing deliveries: 1 + max_retries attempts each, then dead. The
                 # relay keeps running until they all are.
                 t0 = time.monotonic()
@@ -757,12 +771,14 @@ def retry(ctx: Context) -> dict[str, Any]:
                 after=settle,
             )
             res["db"] = delivery_counts(db)
-            if fail:
+            if keyed:
                 res["failed_attempts_timeline"] = _failure_timeline(res["_dump"])
         out[label] = _strip(res)
         log(f"retry {label}: {res.get('rate_per_s')} healthy deliveries/s")
-    a, b = out["storm"].get("rate_per_s"), out["healthy"].get("rate_per_s")
-    out["healthy_rate_ratio"] = round(a / b, 3) if a and b else None
+    b = out["healthy"].get("rate_per_s")
+    for label, key in (("storm", "healthy_rate_ratio"), ("storm_keyed", "keyed_rate_ratio")):
+        a = out[label].get("rate_per_s")
+        out[key] = round(a / b, 3) if a and b else None
     return out
 
 
@@ -814,19 +830,28 @@ def emit_cost(ctx: Context) -> dict[str, Any]:
 
     Modes, interleaved in small rounds so drift (checkpoints, autovacuum, other load) hits all
     alike: ``without`` (app INSERT only), ``with`` (app INSERT + ``relay.emit``, the Python
-    API: ``SELECT relay.emit(...)``) and two diagnostics that split the cost --
-    ``with_sql_insert`` (a plain ``INSERT INTO relay.outbox``, skipping the plpgsql function)
-    and ``with_no_trigger`` (``relay.emit`` with the NOTIFY trigger disabled). Relay is not
+    API) and diagnostics that split the cost --
+    ``with_sql_insert`` (a plain ``INSERT INTO relay.outbox``, no ``RETURNING``, no Python
+    checks), ``with_sql_function`` (``SELECT relay.emit(...)``, the SQL API's plpgsql function)
+    and ``with_no_trigger`` (``relay.emit`` with the NOTIFY trigger disabled) -- and a floor,
+    ``with_select_1`` (a second statement that writes nothing: its round trip). Relay is not
     running: this is the cost the app's own transaction pays.
     """
     from psycopg.types.json import Jsonb
 
     s = ctx.settings
     out: dict[str, Any] = {
-        "api": "relay.emit (SELECT relay.emit(...)) in the app's transaction",
+        "api": "relay.emit(conn, ...) (Python API: one INSERT ... RETURNING id) in the app's txn",
         "relay_running": False,
     }
-    modes = ("without", "with", "with_sql_insert", "with_no_trigger")
+    modes = (
+        "without",
+        "with",
+        "with_sql_insert",
+        "with_sql_function",
+        "with_no_trigger",
+        "with_select_1",
+    )
     with ctx.dbs.fresh("emit") as db, psycopg.connect(db) as conn:
         conn.execute(APP_DDL)
         conn.commit()
@@ -851,6 +876,13 @@ def emit_cost(ctx: Context) -> dict[str, Any]:
                     relay.emit(
                         conn, "order.created", sample_payload(k), aggregate_id=f"ord-{row[0]}"
                     )
+                elif mode == "with_sql_function":
+                    conn.execute(
+                        "SELECT relay.emit(%s, %s, %s)",
+                        ("order.created", Jsonb(sample_payload(k)), f"ord-{row[0]}"),
+                    ).fetchone()
+                elif mode == "with_select_1":
+                    conn.execute("SELECT 1").fetchone()
                 elif mode == "with_sql_insert":
                     conn.execute(
                         OUTBOX_INSERT, ("order.created", Jsonb(sample_payload(k)), f"ord-{row[0]}")
@@ -886,6 +918,10 @@ def emit_cost(ctx: Context) -> dict[str, Any]:
             res["added_ms_mean_sql_insert"] = round(
                 res["with_sql_insert"]["mean_ms"] - base_mean, 4
             )
+            for extra in ("select_1", "sql_function"):
+                res[f"added_ms_mean_{extra}"] = round(
+                    res[f"with_{extra}"]["mean_ms"] - base_mean, 4
+                )
             res["added_ms_mean_no_trigger"] = round(
                 res["with_no_trigger"]["mean_ms"] - base_mean, 4
             )
