@@ -267,6 +267,12 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
                 add(
                     "7 emit",
+                    "  added: same statement as the app's (CTE)",
+                    e.get("added_ms_mean_one_statement"),
+                    "ms",
+                )
+                add(
+                    "7 emit",
                     "  added: SQL relay.emit() / plain INSERT / SELECT 1",
                     f"{_fmt(e.get('added_ms_mean_sql_function'))} / "
                     f"{_fmt(e.get('added_ms_mean_sql_insert'))} / "
