@@ -110,9 +110,9 @@ RETURNING d.id, d.attempts, d.failures,
 -- records nothing). Returns the delivery ids that were accepted.
 WITH r AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(outcomes)s::text[],
-                %(delays)s::float8[], %(codes)s::int[], %(errors)s::text[],
-                %(started)s::timestamptz[], %(durations)s::float8[], %(bodies)s::text[])
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(outcomes)b::text[],
+                %(delays)b::float8[], %(codes)b::int[], %(errors)b::text[],
+                %(started)b::timestamptz[], %(durations)b::float8[], %(bodies)b::text[])
          AS r(id, token, outcome, delay, code, error, started_at, duration_ms, body)
 ),
 u AS (
