@@ -152,8 +152,18 @@ class Store:
             return None if row is None else row[0]
 
     async def ping(self) -> None:
-        async with self._conn() as conn:
-            await conn.execute("SELECT 1")
+        """``SELECT 1`` on a pooled connection. One that the server closed while it sat idle
+        (a restart, pg_terminate_backend) fails once and is dropped by the pool; the next
+        one answers, so only a database that really does not is reported down."""
+        tries = self.pool.max_size + 1  # every idle connection may have been closed
+        for attempt in range(tries):
+            try:
+                async with self._conn() as conn:
+                    await conn.execute("SELECT 1")
+                return
+            except DatabaseError:
+                if attempt == tries - 1:
+                    raise
 
     async def dispatch(
         self, limit: int, lease_limit: int = 0, lease_seconds: float = 60.0
