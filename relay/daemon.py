@@ -171,6 +171,8 @@ class Relay:
         self.outbox_wake = asyncio.Event()
         self.deliver_wake = asyncio.Event()
         self.slot_free = asyncio.Event()
+        self.claim_turn = asyncio.Event()  # cleared while the deliverer gathers slots
+        self.claim_turn.set()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.reserved = 0  # slots promised to a dispatch in progress
         self.backlog = False  # the last claim was full: more deliveries are due
@@ -217,6 +219,7 @@ class Relay:
             self.outbox_wake.set()
             self.deliver_wake.set()
             self.slot_free.set()
+            self.claim_turn.set()
 
     async def _sleep_or_wake(self, event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -252,6 +255,7 @@ class Relay:
 
     # -- dispatcher ----------------------------------------------------------------------------
     async def _dispatch_step(self) -> float | None:
+        await self.claim_turn.wait()  # the deliverer is gathering slots for due rows
         self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
         room = await self._gather_room() if self.outbox_backlog else self._lease_room()
         if room > 0:
@@ -369,25 +373,44 @@ class Relay:
                 self.fruitless = None  # a poll: look once more
             return None
         room = self._room_per_subscription()
-        if room <= 0:
-            # Slots promised to a statement in progress may all go to one subscription.
+        if room <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
+            # Slots promised to a statement in progress may all go to one subscription; or
+            # every subscription is at its cap, and a claim skipping them all finds nothing.
             self.slot_free.clear()
             await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
             return None
         want = min(free, self.config.claim_batch, room)
-        room_limited = room < min(free, self.config.claim_batch)
-        if (self.backlog or room_limited) and want < self._claim_low_water():
+        if want < self._claim_low_water():
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
-            # costs about the same for 1 row as for 20). Bounded, so latency stays low.
-            await self._gather_slots()
-            if not self.stopping.is_set() and self._free_slots() < self._claim_low_water():
-                return None
-            want = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
-            if want <= 0:
-                return None
-            saturated = self._saturated()
-            exclusions = frozenset(saturated)
+            # costs about the same for 1 row as for 20). The dispatcher holds back meanwhile,
+            # or it would take every freed slot for new events and leave due retries to claim
+            # them one or two at a time. Bounded, so latency stays low.
+            self.claim_turn.clear()
+            try:
+                while (
+                    not self.stopping.is_set()
+                    and self._claim_room() < self._claim_low_water()
+                    and await self._gather_slots()
+                ):
+                    pass
+                want = self._claim_room()
+                if want <= 0:
+                    return None
+                saturated = self._saturated()
+                exclusions = frozenset(saturated)
+                claimed = await self._claim(want, saturated, exclusions)
+            finally:
+                self.claim_turn.set()
+        else:
+            claimed = await self._claim(want, saturated, exclusions)
+        if claimed < want:
+            await self._sleep_until_due(exclusions)
+        return None
+
+    async def _claim(self, want: int, saturated: list[int], exclusions: frozenset[int]) -> int:
+        """Claim up to ``want`` due deliveries (skipping ``saturated``), start them, and
+        return how many came back."""
         self.deliver_wake.clear()
         self.new_work = False
         # Marked before the statement: an excluded subscription's slot that frees while the
@@ -409,26 +432,32 @@ class Relay:
         finally:
             self.reserved -= want
             self.slot_free.set()
-        if claimed < want:
-            # Drained what is due: sleep until the next retry falls due, a wake-up, or a poll.
-            wait = self.config.poll_interval
-            if exclusions:
-                # The next-due query would walk the saturated subscriptions' rows too; look
-                # again soon instead (a retry of another subscription may wait up to 1 s).
-                wait = min(wait, 1.0)
-            else:
-                until = await self.store.seconds_until_due()
-                if until is not None:
-                    # A little after the next due time, so one claim takes the retries that
-                    # fall due close together (a retry is never early, at most this late).
-                    wait = min(wait, until + RETRY_COALESCE_SECONDS) if until > 0 else 0.0
-            if wait > 0:
-                self.deliver_sleeps_until = time.monotonic() + wait
-                try:
-                    await self._sleep_or_wake(self.deliver_wake, wait)
-                finally:
-                    self.deliver_sleeps_until = None
-        return None
+        return claimed
+
+    async def _sleep_until_due(self, exclusions: frozenset[int]) -> None:
+        """Drained what is due: sleep until the next retry falls due, a wake-up, or a poll."""
+        wait = self.config.poll_interval
+        if exclusions:
+            # The next-due query would walk the saturated subscriptions' rows too; look
+            # again soon instead (a retry of another subscription may wait up to 1 s).
+            wait = min(wait, 1.0)
+        else:
+            until = await self.store.seconds_until_due()
+            if until is not None:
+                # A little after the next due time, so one claim takes the retries that
+                # fall due close together (a retry is never early, at most this late).
+                wait = min(wait, until + RETRY_COALESCE_SECONDS) if until > 0 else 0.0
+        if wait > 0:
+            self.deliver_sleeps_until = time.monotonic() + wait
+            try:
+                await self._sleep_or_wake(self.deliver_wake, wait)
+            finally:
+                self.deliver_sleeps_until = None
+
+    def _claim_room(self) -> int:
+        """Rows one claim may take now: free slots, the batch, the subscriptions' caps."""
+        room = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
+        return max(0, room)
 
     def _within_caps(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
         """Split claimed jobs into those within their subscription's cap and the overflow."""
