@@ -114,8 +114,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Most requests in flight to one subscription (default 3/4 of concurrency), so a "
         "slow endpoint cannot take every slot.",
     ),
-    Setting("claim_batch", _positive_int, 100, "Most deliveries claimed per claim query."),
-    Setting("dispatch_batch", _positive_int, 500, "Most outbox rows fanned out per transaction."),
+    Setting(
+        "claim_batch",
+        _positive_int,
+        100,
+        "Most deliveries claimed, or leased at fan-out, per statement.",
+    ),
+    Setting(
+        "dispatch_batch",
+        _positive_int,
+        500,
+        "Most outbox rows fanned out per transaction (a relay fans out only as many as it has "
+        "free slots, unless a subscription is at its cap).",
+    ),
     Setting(
         "poll_interval",
         _positive_float,
