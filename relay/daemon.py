@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -46,6 +47,8 @@ VACUUM_MIN_DEAD = 50_000
 VACUUM_MIN_INTERVAL = 60.0
 # How long the deliverer waits for freed slots to claim several rows in one statement.
 CLAIM_GATHER_SECONDS = 0.005
+# Weight of the latest dispatch in the deliveries-per-event estimate that sizes fan-outs.
+FANOUT_SMOOTHING = 0.3
 # How late the deliverer may wake for a retry, so retries falling due together share a claim.
 RETRY_COALESCE_SECONDS = 0.05
 
@@ -177,6 +180,7 @@ class Relay:
         self.reserved = 0  # slots promised to a dispatch in progress
         self.backlog = False  # the last claim was full: more deliveries are due
         self.outbox_backlog = False  # the last dispatch was full: more events are waiting
+        self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
         self.subscriptions_active = 1 << 30
         self.new_work = True  # something may have become due since the last claim
@@ -262,7 +266,10 @@ class Relay:
             # Fan out only as many events as this relay can start now, and lease their
             # deliveries to itself in the same statement: a backlog then waits in the outbox
             # and each delivery is written twice (inserted leased, acked), not three times.
-            limit, lease = min(room, self.config.dispatch_batch), room
+            # An event matching several subscriptions takes several slots: size the batch by
+            # the recent fan-out so its deliveries are leased too, not left to a claim.
+            events = max(1, math.ceil(room / self.fanout_estimate))
+            limit, lease = min(events, self.config.dispatch_batch), room
         elif self._free_slots() > 0 and self._others_may_match():
             # A subscription is at its cap, but the next events may be for others: fan out a
             # full batch unleased; the deliverer claims around the saturated subscriptions.
@@ -281,6 +288,9 @@ class Relay:
                 self.metrics.claims.labels("outbox").inc()
                 self.metrics.claimed.labels("outbox").inc(dispatched)
                 self.metrics.fanout.inc(created)
+                # deliveries per event, smoothed (an event matching none counts as one)
+                sample = max(1.0, created / dispatched)
+                self.fanout_estimate += FANOUT_SMOOTHING * (sample - self.fanout_estimate)
             if jobs:
                 self.metrics.claimed.labels("delivery").inc(len(jobs))
                 # Still reserved until the jobs are in in_flight: a claim in between must
