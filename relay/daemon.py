@@ -174,11 +174,8 @@ class Relay:
         self.outbox_wake = asyncio.Event()
         self.deliver_wake = asyncio.Event()
         self.slot_free = asyncio.Event()
-        self.claim_turn = asyncio.Event()  # cleared while the deliverer gathers slots
-        self.claim_turn.set()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.reserved = 0  # slots promised to a dispatch in progress
-        self.backlog = False  # the last claim was full: more deliveries are due
         self.outbox_backlog = False  # the last dispatch was full: more events are waiting
         self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
@@ -223,7 +220,6 @@ class Relay:
             self.outbox_wake.set()
             self.deliver_wake.set()
             self.slot_free.set()
-            self.claim_turn.set()
 
     async def _sleep_or_wake(self, event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -259,7 +255,6 @@ class Relay:
 
     # -- dispatcher ----------------------------------------------------------------------------
     async def _dispatch_step(self) -> float | None:
-        await self.claim_turn.wait()  # the deliverer is gathering slots for due rows
         self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
         room = await self._gather_room() if self.outbox_backlog else self._lease_room()
         if room > 0:
@@ -393,27 +388,20 @@ class Relay:
         if want < self._claim_low_water():
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
-            # costs about the same for 1 row as for 20). The dispatcher holds back meanwhile,
-            # or it would take every freed slot for new events and leave due retries to claim
-            # them one or two at a time. Bounded, so latency stays low.
-            self.claim_turn.clear()
-            try:
-                while (
-                    not self.stopping.is_set()
-                    and self._claim_room() < self._claim_low_water()
-                    and await self._gather_slots()
-                ):
-                    pass
-                want = self._claim_room()
-                if want <= 0:
-                    return None
-                saturated = self._saturated()
-                exclusions = frozenset(saturated)
-                claimed = await self._claim(want, saturated, exclusions)
-            finally:
-                self.claim_turn.set()
-        else:
-            claimed = await self._claim(want, saturated, exclusions)
+            # costs about the same for 1 row as for 20). Bounded by 5 ms gaps, so latency
+            # stays low.
+            while (
+                not self.stopping.is_set()
+                and self._claim_room() < self._claim_low_water()
+                and await self._gather_slots()
+            ):
+                pass
+            want = self._claim_room()
+            if want <= 0:
+                return None
+            saturated = self._saturated()
+            exclusions = frozenset(saturated)
+        claimed = await self._claim(want, saturated, exclusions)
         if claimed < want:
             await self._sleep_until_due(exclusions)
         return None
@@ -431,7 +419,6 @@ class Relay:
         self.reserved += want
         try:
             jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
-            self.backlog = len(jobs) == want
             self.fruitless = exclusions if exclusions and len(jobs) < want else None
             self.metrics.db_up.labels("pool").set(1)
             self.metrics.claims.labels("delivery").inc()
