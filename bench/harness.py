@@ -156,11 +156,13 @@ def table_sizes(url: str) -> dict[str, int]:
         "relay.deliveries_due",
         "relay.delivery_attempts",
     ]
+    sizes: dict[str, int] = {}
     with psycopg.connect(url, autocommit=True) as conn:
-        return {
-            n: int(conn.execute("SELECT pg_relation_size(%s::regclass)", (n,)).fetchone()[0])
-            for n in names
-        }
+        for n in names:
+            row = conn.execute("SELECT pg_relation_size(%s::regclass)", (n,)).fetchone()
+            assert row is not None
+            sizes[n] = int(row[0])
+    return sizes
 
 
 # --------------------------------------------------------------------------- processes
@@ -551,9 +553,9 @@ def hardware(server_url: str) -> dict[str, Any]:
             "wal_level",
             "max_wal_size",
         ):
-            pg[name] = str(
-                conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
-            )  # type: ignore[index]
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            assert row is not None
+            pg[name] = str(row[0])
     import aiohttp
 
     return {
