@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.receiver import read_dump
 from relay.migrate import migrate
+from tests.procs import terminate
+from tests.receiver import read_line
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,35 +169,6 @@ def table_sizes(url: str) -> dict[str, int]:
 # --------------------------------------------------------------------------- processes
 
 
-def _readline(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no line within {timeout:g}s (got {buf!r})")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 1)
-            if not chunk:
-                raise EOFError(f"process exited before a full line (got {buf!r})")
-            buf += chunk
-    return buf
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
 class ReceiverProc:
     """``python -m bench.receiver`` in its own process, driven over its control endpoints."""
 
@@ -213,7 +185,8 @@ class ReceiverProc:
                 args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
             )
         try:
-            line = _readline(self.proc, 20.0)
+            assert self.proc.stdout is not None
+            line = read_line(self.proc.stdout, 20.0)
             self.port = int(line.split()[1])
         except Exception as exc:
             self.stop()
@@ -245,7 +218,7 @@ class ReceiverProc:
             path.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        _stop(self.proc, 5.0)
+        terminate(self.proc, 5.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -371,7 +344,7 @@ class RelayProc:
                 self.spy.wait(30)
             except subprocess.TimeoutExpired:
                 self.spy.kill()
-        return _stop(self.proc)
+        return terminate(self.proc)
 
 
 @contextlib.contextmanager

@@ -23,23 +23,21 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from relay.acker import Acker, Backoff
 from relay.config import Config
-from relay.deliver import HttpSender, attempt_summary, decide
+from relay.deliver import HttpSender, decide
 from relay.errors import ConfigError, DatabaseError
 from relay.health import Health
 from relay.listener import Listener
 from relay.metrics import Metrics, status_class
 from relay.netpolicy import parse_allowed_networks
 from relay.queries import expected_schema_version
-from relay.store import Ack, Job, Store
+from relay.store import Job, Store
 from relay.systemd import SystemdNotifier, watchdog_interval
 
 log = logging.getLogger("relay.daemon")
 
 # Tunables (module constants so tests can shrink them).
-ERROR_BACKOFF_MIN = 0.1
-ERROR_BACKOFF_MAX = 5.0
-ACK_BATCH_MAX = 500
 SCHEMA_WAIT_INTERVAL = 2.0
 # Queue-table vacuum fallback: how often to look, and how many dead rows are worth a VACUUM.
 VACUUM_CHECK_SECONDS = 30.0
@@ -51,108 +49,6 @@ CLAIM_GATHER_SECONDS = 0.005
 FANOUT_SMOOTHING = 0.3
 # How late the deliverer may wake for a retry, so retries falling due together share a claim.
 RETRY_COALESCE_SECONDS = 0.05
-
-
-class Backoff:
-    """Exponential backoff for a failing loop; pure arithmetic, the loop sleeps."""
-
-    def __init__(self, lo: float = ERROR_BACKOFF_MIN, hi: float = ERROR_BACKOFF_MAX) -> None:
-        self.lo, self.hi, self.current = lo, hi, 0.0
-
-    def failed(self) -> float:
-        self.current = self.lo if self.current == 0 else min(self.hi, self.current * 2)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
-
-
-class Acker:
-    """Collects attempt outcomes and writes them in batches.
-
-    Under load many outcomes share one ack statement; when idle, an outcome is written as soon
-    as it arrives (no timer). A failed write is retried: the lease may expire meanwhile, and
-    then the delivery is simply attempted again (at-least-once).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        metrics: Metrics,
-        on_retry: Callable[[float], None] = lambda delay: None,
-    ) -> None:
-        self.store = store
-        self.metrics = metrics
-        # Called with the shortest delay after retries were scheduled, so the deliverer
-        # re-reads the next due time if it would otherwise sleep past it.
-        self.on_retry = on_retry
-        self._pending: list[tuple[Job, Ack]] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._closing = False
-
-    def put(self, job: Job, ack: Ack) -> None:
-        self._pending.append((job, ack))
-        self._idle.clear()
-        self._wake.set()
-
-    async def run(self) -> None:
-        backoff = Backoff()
-        while True:
-            if not self._pending:
-                self._idle.set()
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._pending[:ACK_BATCH_MAX]
-            try:
-                accepted = await self.store.ack([a for _, a in batch])
-            except Exception as exc:
-                # Keep the outcomes and retry: if the lease expires meanwhile the delivery is
-                # simply attempted again (at-least-once), never lost.
-                delay = backoff.failed()
-                if isinstance(exc, DatabaseError):
-                    log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
-                    self.metrics.db_up.labels("pool").set(0)
-                else:
-                    log.exception("ack failed unexpectedly, retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
-            self.metrics.db_up.labels("pool").set(1)
-            del self._pending[: len(batch)]
-            self._record(batch, accepted)
-            delays = [ack.delay for _, ack in batch if ack.outcome == "retry"]
-            if delays:
-                self.on_retry(min(delays))
-
-    def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
-        now = time.time()
-        for job, ack in batch:
-            summary = attempt_summary(job, ack)
-            if job.id not in accepted:
-                self.metrics.lost_leases.inc()
-                log.warning("ack ignored: lease lost to another relay", extra=summary)
-                continue
-            if ack.outcome == "delivered":
-                self.metrics.deliveries.labels("delivered", job.event_type).inc()
-                self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
-                log.info("delivered", extra=summary)
-            elif ack.outcome == "dead":
-                self.metrics.deliveries.labels("dead", job.event_type).inc()
-                log.warning("dead", extra=summary)
-            else:
-                log.info("retry scheduled", extra=summary)
-
-    async def close(self, timeout: float) -> None:
-        """Flush what is pending (bounded by ``timeout``) and stop."""
-        self._closing = True
-        self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
 
 
 class Relay:
@@ -301,19 +197,28 @@ class Relay:
             await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
         return None
 
-    def _lease_room(self) -> int:
-        """Deliveries this relay can start now whatever subscriptions the next events match.
+    def _room(self, *, skip_saturated: bool) -> int:
+        """Deliveries one statement may lease now: bounded by the free slots, the claim batch
+        and the room the busiest subscription has left under its cap, so a lease never has to
+        be given back for exceeding a cap. Reserved slots (a statement in progress) count
+        against that room: they may all be the busiest subscription's.
 
-        Bounded by the free slots, the claim batch and the room the busiest subscription has
-        left under its cap (so a lease never has to be given back for exceeding a cap).
+        A claim skips saturated subscriptions (``skip_saturated``), so only the others bound
+        it; a dispatch cannot know which subscriptions the next events match, so all do.
         """
         room = min(self._free_slots(), self.config.claim_batch)
         cap = self.config.effective_subscription_concurrency
         if cap < self.config.concurrency:
-            busiest = max(self._per_subscription().values(), default=0)
-            # reserved slots (a claim in progress) may all be for the busiest subscription
+            counts = self._per_subscription().values()
+            busiest = max((n for n in counts if not skip_saturated or n < cap), default=0)
             room = min(room, cap - busiest - self.reserved)
         return max(0, room)
+
+    def _lease_room(self) -> int:
+        return self._room(skip_saturated=False)
+
+    def _claim_room(self) -> int:
+        return self._room(skip_saturated=True)
 
     async def _gather_room(self) -> int:
         """Wait for freed slots until one statement can lease a few (bounded: a gap of
@@ -377,14 +282,13 @@ class Relay:
             if not self.deliver_wake.is_set():
                 self.fruitless = None  # a poll: look once more
             return None
-        room = self._room_per_subscription()
-        if room <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
+        want = self._claim_room()
+        if want <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
             # Slots promised to a statement in progress may all go to one subscription; or
             # every subscription is at its cap, and a claim skipping them all finds nothing.
             self.slot_free.clear()
             await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
             return None
-        want = min(free, self.config.claim_batch, room)
         if want < self._claim_low_water():
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
@@ -451,11 +355,6 @@ class Relay:
             finally:
                 self.deliver_sleeps_until = None
 
-    def _claim_room(self) -> int:
-        """Rows one claim may take now: free slots, the batch, the subscriptions' caps."""
-        room = min(self._free_slots(), self.config.claim_batch, self._room_per_subscription())
-        return max(0, room)
-
     def _within_caps(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
         """Split claimed jobs into those within their subscription's cap and the overflow."""
         cap = self.config.effective_subscription_concurrency
@@ -483,18 +382,6 @@ class Relay:
         """Free slots worth a claim statement while a backlog waits."""
         cap = min(self.config.claim_batch, self.config.effective_subscription_concurrency)
         return max(1, cap // 4)
-
-    def _room_per_subscription(self) -> int:
-        """The most one claim may take without pushing any subscription past its cap.
-
-        Saturated subscriptions are excluded from the claim; of the others, the busiest bounds
-        the claim size, so a claim never overshoots (no rows claimed only to be released).
-        """
-        cap = self.config.effective_subscription_concurrency
-        if cap >= self.config.concurrency:
-            return cap
-        busiest = max((n for n in self._per_subscription().values() if n < cap), default=0)
-        return cap - busiest - self.reserved
 
     def _was_saturated(self, subscription_id: int) -> bool:
         """Whether the subscription was at its cap before one of its attempts finished."""

@@ -52,6 +52,7 @@ __all__ = [
     "ReceiverProcess",
     "hang",
     "huge",
+    "read_line",
     "redirect",
     "reset",
     "respond",
@@ -482,7 +483,7 @@ def start_receiver_process(
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     try:
-        line = _readline(proc.stdout, startup_timeout)
+        line = read_line(proc.stdout, startup_timeout)
         if not line.startswith(b"LISTENING "):
             raise RuntimeError(f"unexpected first line {line!r}")
         bound = int(line.split()[1])
@@ -504,7 +505,7 @@ def _fresh(directory: Path, stem: str, suffix: str) -> Path:
     raise RuntimeError(f"no free file name for {stem} in {directory}")
 
 
-def _readline(stream: IO[bytes], timeout: float) -> bytes:
+def read_line(stream: IO[bytes], timeout: float) -> bytes:
     """One line from a pipe, or TimeoutError: a child that never starts must not hang a test."""
     deadline = time.monotonic() + timeout
     fd = stream.fileno()

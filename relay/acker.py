@@ -1,0 +1,124 @@
+"""Background pieces of the daemon's loops: error backoff and batched acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from relay.deliver import attempt_summary
+from relay.errors import DatabaseError
+from relay.metrics import Metrics
+from relay.store import Ack, Job, Store
+
+# The daemon's logger: ack outcomes are part of its one-line-per-outcome log.
+log = logging.getLogger("relay.daemon")
+
+# Tunables (module constants so tests can shrink them).
+ERROR_BACKOFF_MIN = 0.1
+ERROR_BACKOFF_MAX = 5.0
+ACK_BATCH_MAX = 500
+
+
+class Backoff:
+    """Exponential backoff for a failing loop; pure arithmetic, the loop sleeps."""
+
+    def __init__(self, lo: float = ERROR_BACKOFF_MIN, hi: float = ERROR_BACKOFF_MAX) -> None:
+        self.lo, self.hi, self.current = lo, hi, 0.0
+
+    def failed(self) -> float:
+        self.current = self.lo if self.current == 0 else min(self.hi, self.current * 2)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class Acker:
+    """Collects attempt outcomes and writes them in batches.
+
+    Under load many outcomes share one ack statement; when idle, an outcome is written as soon
+    as it arrives (no timer). A failed write is retried: the lease may expire meanwhile, and
+    then the delivery is simply attempted again (at-least-once).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        on_retry: Callable[[float], None] = lambda delay: None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        # Called with the shortest delay after retries were scheduled, so the deliverer
+        # re-reads the next due time if it would otherwise sleep past it.
+        self.on_retry = on_retry
+        self._pending: list[tuple[Job, Ack]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def put(self, job: Job, ack: Ack) -> None:
+        self._pending.append((job, ack))
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._pending[:ACK_BATCH_MAX]
+            try:
+                accepted = await self.store.ack([a for _, a in batch])
+            except Exception as exc:
+                # Keep the outcomes and retry: if the lease expires meanwhile the delivery is
+                # simply attempted again (at-least-once), never lost.
+                delay = backoff.failed()
+                if isinstance(exc, DatabaseError):
+                    log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
+                    self.metrics.db_up.labels("pool").set(0)
+                else:
+                    log.exception("ack failed unexpectedly, retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            self.metrics.db_up.labels("pool").set(1)
+            del self._pending[: len(batch)]
+            self._record(batch, accepted)
+            delays = [ack.delay for _, ack in batch if ack.outcome == "retry"]
+            if delays:
+                self.on_retry(min(delays))
+
+    def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
+        now = time.time()
+        for job, ack in batch:
+            summary = attempt_summary(job, ack)
+            if job.id not in accepted:
+                self.metrics.lost_leases.inc()
+                log.warning("ack ignored: lease lost to another relay", extra=summary)
+                continue
+            if ack.outcome == "delivered":
+                self.metrics.deliveries.labels("delivered", job.event_type).inc()
+                self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
+                log.info("delivered", extra=summary)
+            elif ack.outcome == "dead":
+                self.metrics.deliveries.labels("dead", job.event_type).inc()
+                log.warning("dead", extra=summary)
+            else:
+                log.info("retry scheduled", extra=summary)
+
+    async def close(self, timeout: float) -> None:
+        """Flush what is pending (bounded by ``timeout``) and stop."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
