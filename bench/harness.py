@@ -241,6 +241,8 @@ def vm_kb(pid: int, field: str) -> int | None:
 class RelayProc:
     """``python -m relay run`` as a subprocess, configured only through RELAY_* variables.
 
+    ``module="bench.bare"`` runs the bare reference loop the same way instead.
+
     A sampler thread keeps the highest VmHWM/VmRSS seen (VmHWM is the kernel's own peak, so
     sampling only guards against the process exiting before the last read).
     """
@@ -252,6 +254,7 @@ class RelayProc:
         extra_env: dict[str, str] | None = None,
         py_spy: Path | None = None,
         label: str = "relay",
+        module: str = "relay",
     ) -> None:
         env = dict(os.environ)
         env.update(
@@ -266,7 +269,7 @@ class RelayProc:
         self.err_path = workdir / f"{label}-{uuid.uuid4().hex[:6]}.stderr"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "run"],
+                [sys.executable, "-m", module, *(["run"] if module == "relay" else [])],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,

@@ -198,6 +198,17 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{_fmt(pr.get('relay_cpu_us'))}+{_fmt(pr.get('postgres_backends_cpu_us'))}"
                     f"+{_fmt(pr.get('receiver_cpu_us'))} us",
                 )
+                add("2 drain", f"  ratio to the bare loop ({n})", d.get("ratio_to_bare_loop"))
+            b = r.get("bare", {})
+            add("2 drain", "bare claim-100 + POST loop (reference)", b.get("rate_per_s"), "deliv/s")
+            add("2 drain", "  bare loop: ratio to ceiling", b.get("ratio_to_ceiling"))
+            pr = b.get("per_request") or {}
+            add(
+                "2 drain",
+                "  bare loop: CPU/delivery loop+PG+receiver",
+                f"{_fmt(pr.get('relay_cpu_us'))}+{_fmt(pr.get('postgres_backends_cpu_us'))}"
+                f"+{_fmt(pr.get('receiver_cpu_us'))} us",
+            )
         elif name == "latency":
             lat = r["commit_to_arrival_ms"]
             add("3 latency", f"commit->arrival p50 @{r['rate_per_s']:g}/s", lat["p50"], "ms")
@@ -384,11 +395,16 @@ def finish(results: dict[str, Any], t_all: float, out: Path, *, complete: bool) 
     # Ratios to the ceiling need both scenarios of this run.
     ceil = results["scenarios"].get("ceiling", {}).get("rate_per_s")
     drain = results["scenarios"].get("drain", {})
-    for n in (1, 2):
-        d = drain.get(f"relays_{n}")
+    for key in ("relays_1", "relays_2", "bare"):
+        d = drain.get(key)
         if isinstance(d, dict):
             rate = d.get("rate_per_s")
             d["ratio_to_ceiling"] = round(rate / ceil, 3) if rate and ceil else None
+    bare_rate = drain.get("bare", {}).get("rate_per_s")
+    for key in ("relays_1", "relays_2"):
+        d = drain.get(key)
+        if isinstance(d, dict) and d.get("rate_per_s") and bare_rate:
+            d["ratio_to_bare_loop"] = round(d["rate_per_s"] / bare_rate, 3)
     results["targets"] = targets(results)
     results["total_s"] = round(time.monotonic() - t_all, 1)
     results["complete"] = complete

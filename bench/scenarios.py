@@ -142,6 +142,7 @@ def _drain(
     label: str,
     on_poll: Any = None,
     after: Any = None,
+    module: str = "relay",
 ) -> dict[str, Any]:
     """Start ``n_relays`` relays on a prepared backlog; wait for ``expected_ok`` 2xx arrivals.
 
@@ -153,7 +154,12 @@ def _drain(
     xacts0 = xact_commits(db_url)
     rx_cpu0 = proc_cpu_seconds(rx.proc.pid) or 0.0
     machine = MachineCpu()
-    with relays(db_url, n_relays, ctx.workdir, extra_env=s.relay_env, py_spy=s.py_spy) as procs:
+    extra_env = dict(s.relay_env)
+    if module != "relay":
+        extra_env["BARE_TARGET_URL"] = rx.url("/hook")
+    with relays(
+        db_url, n_relays, ctx.workdir, extra_env=extra_env, py_spy=s.py_spy, module=module
+    ) as procs:
         spawned = min(p.started for p in procs)
         samples: list[tuple[float, int]] = []
 
@@ -333,10 +339,12 @@ def ceiling(ctx: Context) -> dict[str, Any]:
 
 
 def drain(ctx: Context) -> dict[str, Any]:
+    """1 and 2 relays, then the issue's reference: the bare claim-100 + POST loop."""
     s = ctx.settings
     out: dict[str, Any] = {"events": s.drain_n}
-    for n_relays in (1, 2):
-        label = f"drain{n_relays}"
+    for n_relays, module in ((1, "relay"), (2, "relay"), (1, "bench.bare")):
+        bare = module != "relay"
+        label = "drain_bare" if bare else f"drain{n_relays}"
         with ctx.dbs.fresh(label) as db, ReceiverProc(workdir=ctx.workdir) as rx:
             # A paired ceiling on the same receiver just before: on a shared machine the
             # load drifts, and the ratio should compare like with like.
@@ -355,6 +363,7 @@ def drain(ctx: Context) -> dict[str, Any]:
                 n_relays=n_relays,
                 timeout=max(120.0, s.drain_n / 50),
                 label=label,
+                module=module,
             )
             res["db"] = delivery_counts(db)
             res["insert_s"] = round(insert_s, 2)
@@ -363,7 +372,7 @@ def drain(ctx: Context) -> dict[str, Any]:
             res["ratio_to_paired_ceiling"] = (
                 round(rate / paired["rate_per_s"], 3) if rate and paired["rate_per_s"] else None
             )
-        out[f"relays_{n_relays}"] = _strip(res)
+        out["bare" if bare else f"relays_{n_relays}"] = _strip(res)
         log(f"{label}: {res.get('rate_per_s')} deliveries/s")
     return out
 
