@@ -3,13 +3,17 @@
 relay.outbox and relay.deliveries grow without bound (delivered rows are history); the
 dispatcher, the deliverer and the gauge refresh must read only the small "not done yet"
 part of them, through ``outbox_undispatched`` and ``deliveries_due``/``deliveries_dead``.
-Run with ``-s`` to see the plans.
+relay plans each statement once per connection (``plan_cache_mode = force_generic_plan``,
+relay/store.py), so the plans checked are the *generic* ones: what Postgres chose without
+knowing the parameter values. Run with ``-s`` to see the plans.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +28,7 @@ from tests.conftest import TEMPLATE_DB, _admin, _with_db
 Conn = psycopg.Connection[Any]
 
 BIG = 200_000
+BIG_TABLES = ("outbox", "deliveries", "delivery_attempts")
 PENDING = 5
 
 # Parameters of each query, as relay/store.py passes them.
@@ -45,6 +50,28 @@ PARAMS: dict[str, dict[str, Any]] = {
     },
     "seconds_until_due": {"saturated": []},
     "read_stats": {},
+    "ack_deliveries": {
+        "ids": [1, 2],
+        "tokens": [uuid.uuid4(), uuid.uuid4()],
+        "outcomes": ["delivered", "retry"],
+        "delays": [0.0, 5.0],
+        "codes": [204, 500],
+        "errors": [None, "HTTP 500"],
+        "started": [datetime.datetime.now(datetime.UTC)] * 2,
+        "durations": [1.5, 2.5],
+        "bodies": [None, "oops"],
+        "relay_id": "plan-test",
+    },
+    "release_deliveries": {"ids": [1, 2], "tokens": [uuid.uuid4(), uuid.uuid4()]},
+}
+
+# Queries that only call a relay function: their plan is that of the function's statement,
+# with these parameters as its arguments, in order.
+FUNCTION_BODIES: dict[str, tuple[str, list[str]]] = {
+    "dispatch_outbox": (
+        "dispatch_outbox",
+        ["limit", "lease_limit", "owner", "token", "lease_seconds"],
+    ),
 }
 
 # The partial indexes (sql/migrations/0001_initial.sql) each query must read.
@@ -55,6 +82,9 @@ PARTIAL_INDEXES: dict[str, set[str]] = {
     "dispatch_outbox": {"outbox_undispatched"},
     "seconds_until_due": {"deliveries_due"},
     "read_stats": set(),
+    # by primary key, the ids given
+    "ack_deliveries": set(),
+    "release_deliveries": set(),
 }
 
 
@@ -130,22 +160,123 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
-def test_loop_queries_use_partial_indexes_not_seq_scans(big_conn: Conn, name: str) -> None:
-    """EXPLAIN of each per-loop query on 200k-row tables shows no Seq Scan of
-    relay.outbox or relay.deliveries: the partial indexes bound the work by the backlog."""
-    row = big_conn.execute("EXPLAIN (FORMAT JSON) " + q(name), PARAMS[name]).fetchone()
-    assert row is not None
+def _explain(
+    conn: Conn,
+    text_sql: str,
+    args: list[Any],
+    mode: str,
+    settings: list[str] = (),  # type: ignore[assignment]
+    types: str = "",
+) -> tuple[dict[str, Any], str]:
+    """The plan of ``text_sql`` (with ``$n`` parameters) prepared and explained for
+    ``args``, as Postgres makes it under ``plan_cache_mode = force_<mode>_plan`` and the
+    ``settings`` (a function's SET clauses); JSON and text."""
+    literals = ", ".join(sql.Literal(a).as_string(conn) for a in args)
+    execute = f"EXECUTE plan_test ({literals})" if literals else "EXECUTE plan_test"
+    with conn.transaction():
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            conn.execute(f"SET LOCAL {name} = {value}")
+        conn.execute(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
+        # the simple-query protocol: the $n are the prepared statement's, not this call's
+        result = conn.pgconn.exec_(f"PREPARE plan_test {types} AS {text_sql}".encode())
+        assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
+        try:
+            row = conn.execute(f"EXPLAIN (FORMAT JSON) {execute}").fetchone()
+            text = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {execute}"))
+            jit = conn.execute(
+                "SELECT current_setting('jit') = 'on', current_setting('jit_above_cost')::float8"
+            ).fetchone()
+        finally:
+            conn.execute("DEALLOCATE plan_test")
+    assert row is not None and jit is not None
     doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
     plan = doc[0]["Plan"]
-    text = "\n".join(r[0] for r in big_conn.execute("EXPLAIN " + q(name), PARAMS[name]).fetchall())
-    print(f"\n--- {name}\n{text}")
+    # A plain EXPLAIN does not say whether the executor would JIT compile the plan: it does
+    # when JIT is on and the plan's cost is above jit_above_cost (a disabled node's cost is).
+    if jit[0] and 0 <= jit[1] < plan["Total Cost"]:
+        text += f"\nJIT: would compile (cost {plan['Total Cost']} > jit_above_cost {jit[1]})"
+    return plan, text
+
+
+def _query_plan(
+    conn: Conn, name: str, params: dict[str, Any], mode: str
+) -> tuple[dict[str, Any], str]:
+    """The plan of daemon query ``name`` for ``params``: "custom" (made for these values,
+    what Postgres does for the first runs of a prepared statement) or "generic" (made once
+    for any values, what it may cache after that)."""
+    order: list[str] = []
+
+    def placeholder(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    text_sql = re.sub(r"%\((\w+)\)[sb]", placeholder, q(name))
+    return _explain(conn, text_sql, [params[p] for p in order], mode)
+
+
+def _function_plan(
+    conn: Conn, function: str, args: list[Any], mode: str = "generic"
+) -> tuple[dict[str, Any], str]:
+    """The plan of the statement inside relay function ``function`` (plain SQL, or the
+    ``RETURN QUERY`` of a PL/pgSQL one) under the function's own SET clauses. "generic" is
+    what a function caches: the plan a relay keeps using after a few calls."""
+    row = conn.execute(
+        "SELECT p.prosrc, coalesce(p.proconfig, '{}'), p.proargnames,"
+        "       oidvectortypes(p.proargtypes)"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'relay' AND p.proname = %s",
+        (function,),
+    ).fetchone()
+    assert row is not None, function
+    body, settings, argnames, types = row
+    if "RETURN QUERY" in body:
+        body = body.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+    for i, arg in enumerate(argnames[: len(args)]):
+        body = re.sub(rf"\b{arg}\b", f"${i + 1}", body)
+    return _explain(conn, body, args, mode, settings, f"({types})")
+
+
+def _whole_reads(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Tables of BIG_TABLES read by a Seq Scan, and their full (non-partial) indexes walked
+    end to end (an index scan without a condition: a merge join walking all of outbox_pkey
+    is a sequential scan in disguise)."""
     seq = [
-        n["Relation Name"]
+        str(n["Relation Name"])
         for n in _nodes(plan)
-        if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in ("outbox", "deliveries")
+        if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in BIG_TABLES
     ]
+    partial = set().union(*PARTIAL_INDEXES.values())
+    whole = [
+        str(n["Index Name"])
+        for n in _nodes(plan)
+        if n["Node Type"] in ("Index Scan", "Index Only Scan")
+        and n.get("Relation Name") in BIG_TABLES
+        and "Index Cond" not in n
+        and n["Index Name"] not in partial
+    ]
+    return seq, whole
+
+
+@pytest.mark.parametrize("mode", ["custom", "generic"])
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_loop_queries_use_partial_indexes_not_seq_scans(
+    big_conn: Conn, name: str, mode: str
+) -> None:
+    """The plans of each per-loop query on 200k-row tables read no relay.outbox,
+    relay.deliveries or relay.delivery_attempts whole: the partial indexes (or the keys
+    given) bound the work by the backlog. Both the plan made for the values and the one
+    made for any values (which Postgres may cache for a prepared statement)."""
+    if name in FUNCTION_BODIES:  # the query is a call: check the statement inside
+        function, arg_names = FUNCTION_BODIES[name]
+        plan, text = _function_plan(big_conn, function, [PARAMS[name][a] for a in arg_names], mode)
+    else:
+        plan, text = _query_plan(big_conn, name, PARAMS[name], mode)
+    print(f"\n--- {name} ({mode})\n{text}")
+    seq, whole = _whole_reads(plan)
     assert not seq, f"{name} scans relay.{', relay.'.join(seq)} sequentially:\n{text}"
+    assert not whole, f"{name} walks all of {', '.join(whole)}:\n{text}"
     # The partial indexes meant for these queries are the ones read.
     used = {
         str(n["Index Name"])
@@ -156,37 +287,34 @@ def test_loop_queries_use_partial_indexes_not_seq_scans(big_conn: Conn, name: st
     assert PARTIAL_INDEXES[name] <= used, (name, sorted(used), text)
 
 
-@pytest.mark.parametrize("saturated", ["{}", "{1}"])
-def test_claim_due_walks_the_due_index_in_order(big_conn: Conn, saturated: str) -> None:
+def test_dispatch_plan_made_on_a_small_outbox_stays_right_as_it_grows(conn: Conn) -> None:
+    """relay.dispatch_outbox() keeps one plan per connection, so the plan made when the
+    outbox was small (a new install) is the one used once it holds millions of rows: it
+    must not read the outbox whole (a sequential scan is cheapest for a one-page table),
+    nor be JIT compiled (the disabled scan's cost would trigger it: 300 ms a call)."""
+    conn.execute("INSERT INTO relay.subscriptions (url) VALUES ('http://127.0.0.1:9/hook')")
+    # A new install's first events, most of them dispatched: a page of outbox. (An outbox
+    # never written to is assumed to hold 10 pages, and gets index scans anyway.)
+    conn.execute(
+        "INSERT INTO relay.outbox (event_type, payload, dispatched_at)"
+        " SELECT 'order.created', '{}', CASE WHEN g > 5 THEN now() END"
+        " FROM generate_series(1, 50) g"
+    )
+    plan, text = _function_plan(conn, "dispatch_outbox", [100, 64, "plan-test", uuid.uuid4(), 60.0])
+    print(f"\n--- dispatch_outbox on a nearly empty outbox\n{text}")
+    seq, whole = _whole_reads(plan)
+    assert not seq and not whole, text
+    assert "JIT" not in text, text
+
+
+@pytest.mark.parametrize("saturated", [[], [1]])
+def test_claim_due_walks_the_due_index_in_order(big_conn: Conn, saturated: list[int]) -> None:
     """relay.claim_due (the claim's row selection, a function so its SET clauses pin the
     plan) reads deliveries_due in order and stops at the limit: no bitmap scan, no sort. The
     plan checked is the generic one (parameters, not values), as the function caches it: it
     is the plan a relay keeps using after a few claims."""
-    row = big_conn.execute(
-        "SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'claim_due'"
-    ).fetchone()
-    assert row is not None
-    body, settings = row
-    with big_conn.transaction():
-        for setting in settings:  # the function's own SET clauses, e.g. enable_bitmapscan=off
-            name, _, value = setting.partition("=")
-            big_conn.execute(f"SET LOCAL {name} = {value}")
-        big_conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        sql = body.replace("p_limit", "$1").replace("p_saturated", "$2")
-        # the simple-query protocol: $1 and $2 are the prepared statement's, not this call's
-        result = big_conn.pgconn.exec_(
-            f"PREPARE claim_due_plan (integer, bigint[]) AS {sql}".encode()
-        )
-        assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
-        try:
-            text = "\n".join(
-                r[0]
-                for r in big_conn.execute(
-                    f"EXPLAIN EXECUTE claim_due_plan (100, '{saturated}')"  # a test constant
-                )
-            )
-        finally:
-            big_conn.execute("DEALLOCATE claim_due_plan")
+    _, text = _function_plan(big_conn, "claim_due", [100, saturated])
     print(f"\n--- claim_due\n{text}")
     assert "Index Scan using deliveries_due" in text, text
     assert "Bitmap" not in text and "Sort" not in text, text
+    assert "JIT" not in text, text
