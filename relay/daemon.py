@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -49,6 +50,8 @@ CLAIM_GATHER_SECONDS = 0.005
 FANOUT_SMOOTHING = 0.3
 # How late the deliverer may wake for a retry, so retries falling due together share a claim.
 RETRY_COALESCE_SECONDS = 0.05
+# Python's cycle collector: young-generation threshold and the two older ones (see _tune_gc).
+GC_THRESHOLD = (10_000, 10, 10)
 
 
 class Relay:
@@ -599,10 +602,27 @@ def main(config: Config) -> int:
 
         with psycopg.connect(url) as conn:
             migrate(conn)
+    relay = Relay(config, url)
+    _tune_gc()
     try:
-        return _run_loop(Relay(config, url).run())
+        return _run_loop(relay.run())
     except KeyboardInterrupt:
         return 0
+
+
+def _tune_gc() -> None:
+    """Keep Python's cycle collector off the request path.
+
+    Each request briefly holds a few dozen container objects (aiohttp's request/response,
+    the task, the job's dicts), so at the default threshold (700 more allocations than
+    frees) the collector ran every ~14 deliveries and a full collection walked every object
+    the process had imported: 11 % of relay's CPU in a 20,000-event drain. Objects that live
+    for the whole run are moved out of its reach (``gc.freeze``), and a young collection
+    waits for GC_THRESHOLD more live objects: garbage cycles (rare here) are still
+    collected once that many build up.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
