@@ -48,12 +48,13 @@ class Acker:
         self,
         store: Store,
         metrics: Metrics,
-        on_retry: Callable[[float], None] = lambda delay: None,
+        on_retry: Callable[[list[float]], None] = lambda delays: None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        # Called with the shortest delay after retries were scheduled, so the deliverer
-        # re-reads the next due time if it would otherwise sleep past it.
+        # Called with the delays of the retries just scheduled (accepted ones), so the
+        # deliverer re-reads the next due time if it would otherwise sleep past them, and
+        # sizes its claims by what falls due.
         self.on_retry = on_retry
         self._pending: list[tuple[Job, Ack]] = []
         self._wake = asyncio.Event()
@@ -94,9 +95,11 @@ class Acker:
             self.metrics.db_up.labels("pool").set(1)
             del self._pending[: len(batch)]
             self._record(batch, accepted)
-            delays = [ack.delay for _, ack in batch if ack.outcome == "retry"]
+            delays = [
+                ack.delay for job, ack in batch if ack.outcome == "retry" and job.id in accepted
+            ]
             if delays:
-                self.on_retry(min(delays))
+                self.on_retry(delays)
 
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.acker import Acker, Backoff
+from relay.claimsize import ClaimSizer
 from relay.config import Config
 from relay.deliver import HttpSender, decide
 from relay.errors import ConfigError, DatabaseError
@@ -66,6 +67,7 @@ class Relay:
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
         self.acker = Acker(self.store, self.metrics, on_retry=self._retry_scheduled)
+        self.claim_sizer = ClaimSizer()
         self.listener = Listener(url, self._on_notify) if config.listen else None
         self.health = Health(self)
         self.notifier = SystemdNotifier()
@@ -92,11 +94,14 @@ class Relay:
         self.new_work = True
         self.deliver_wake.set()
 
-    def _retry_scheduled(self, delay: float) -> None:
-        """A retry falls due in ``delay`` s: wake the deliverer unless it already sleeps only
-        until before then (waking it for every failed attempt would cost a claim each)."""
+    def _retry_scheduled(self, delays: list[float]) -> None:
+        """Retries fall due in ``delays`` s: count them for sizing claims, and wake the
+        deliverer unless it already sleeps only until before the first (waking it for every
+        failed attempt would cost a claim each)."""
+        now = time.monotonic()
+        self.claim_sizer.retries_scheduled(now, delays)
         until = self.deliver_sleeps_until
-        if until is not None and until <= time.monotonic() + delay:
+        if until is not None and until <= now + min(delays):
             return
         self.deliver_wake_set()
 
@@ -104,6 +109,7 @@ class Relay:
         if channel == "relay_outbox":
             self.outbox_wake.set()
         else:
+            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
 
     def _toggle_debug(self) -> None:
@@ -194,6 +200,7 @@ class Relay:
             self.reserved -= lease
             self.slot_free.set()
         if created > len(jobs):
+            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
         self.outbox_backlog = dispatched == limit
         if not self.outbox_backlog:
@@ -265,6 +272,7 @@ class Relay:
             # One claim can overshoot a subscription's cap; give the excess straight back
             # (due now, for any relay) rather than let it queue behind a slow endpoint.
             await self.store.release([(j.id, j.token) for j in overflow])
+            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
 
     # -- deliverer -----------------------------------------------------------------------------
@@ -284,14 +292,21 @@ class Relay:
             await self._sleep_or_wake(self.deliver_wake, self.config.poll_interval)
             if not self.deliver_wake.is_set():
                 self.fruitless = None  # a poll: look once more
+                self.claim_sizer.unknown_work()
             return None
-        want = self._claim_room()
-        if want <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
+        room = self._claim_room()
+        if room <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
             # Slots promised to a statement in progress may all go to one subscription; or
             # every subscription is at its cap, and a claim skipping them all finds nothing.
             self.slot_free.clear()
             await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
             return None
+        # Reserve what is known to be due, not the whole room: the dispatcher needs the rest
+        # while the claim runs (relay/claimsize.py).
+        target = self.claim_sizer.target(
+            time.monotonic(), self.config.claim_batch, self._claim_low_water()
+        )
+        want = min(room, target)
         if want < self._claim_low_water():
             # Work is waiting: gather a few freed slots before the next claim instead of
             # paying one claim statement per finished request (the index scan of a claim
@@ -303,7 +318,7 @@ class Relay:
                 and await self._gather_slots()
             ):
                 pass
-            want = self._claim_room()
+            want = min(self._claim_room(), target)
             if want <= 0:
                 return None
             saturated = self._saturated()
@@ -332,6 +347,7 @@ class Relay:
             if jobs:
                 self.metrics.claimed.labels("delivery").inc(len(jobs))
             claimed = len(jobs)
+            self.claim_sizer.claimed(want, claimed)
             await self._start(jobs)
         finally:
             self.reserved -= want

@@ -103,7 +103,7 @@ async def test_a_scheduled_retry_wakes_the_deliverer_only_if_it_would_sleep_past
     async with running_relay(database_url) as relay:
         relay.deliver_wake.clear()
         relay.deliver_sleeps_until = time.monotonic() + 0.5
-        relay._retry_scheduled(5.0)  # due after the planned wake-up: no need to wake
+        relay._retry_scheduled([5.0])  # due after the planned wake-up: no need to wake
         assert not relay.deliver_wake.is_set()
-        relay._retry_scheduled(0.1)  # due before it: wake to re-read the next due time
+        relay._retry_scheduled([0.1])  # due before it: wake to re-read the next due time
         assert relay.deliver_wake.is_set()
