@@ -884,7 +884,7 @@ def emit_cost(ctx: Context) -> dict[str, Any]:
 
     s = ctx.settings
     out: dict[str, Any] = {
-        "api": "relay.emit(conn, ...) (Python API: one INSERT ... RETURNING id) in the app's txn",
+        "api": "relay.emit(conn, ...) (Python API: one SELECT relay.emit(...)) in the app's txn",
         "relay_running": False,
     }
     modes = (
