@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,47 +49,48 @@ async def _delivered(conn: Conn) -> int:
     return int(row.fetchone()[0])  # type: ignore[index]
 
 
-async def test_a_lone_outcome_is_written_at_once(
-    conn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(relay.acker, "ACK_GATHER_SECONDS", 30.0)  # would show as a long wait
+@pytest.fixture
+async def acker(database_url: str) -> AsyncIterator[tuple[CountingStore, Acker]]:
+    """A running Acker on a counting store."""
     store = CountingStore(database_url)
     await store.open()
     acker = Acker(store, Metrics())
     task = asyncio.create_task(acker.run())
     try:
-        (job,) = await _leased_jobs(conn, store, 1)
-        acker.put(job, _ack(job))
-        async with asyncio.timeout(5):
-            while await _delivered(conn) < 1:
-                await asyncio.sleep(0.02)
-        assert store.ack_sizes == [1]
+        yield store, acker
     finally:
         await acker.close(5)
         task.cancel()
         await store.close()
+
+
+async def _wait_delivered(conn: Conn, n: int) -> None:
+    async with asyncio.timeout(5):
+        while await _delivered(conn) < n:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_lone_outcome_is_written_at_once(
+    conn: Conn, acker: tuple[CountingStore, Acker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay.acker, "ACK_GATHER_SECONDS", 30.0)  # would show as a long wait
+    store, ack = acker
+    (job,) = await _leased_jobs(conn, store, 1)
+    ack.put(job, _ack(job))
+    await _wait_delivered(conn, 1)
+    assert store.ack_sizes == [1]
 
 
 async def test_outcomes_arriving_together_gather_into_one_statement(
-    conn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, acker: tuple[CountingStore, Acker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(relay.acker, "ACK_GATHER_SECONDS", 0.5)
-    store = CountingStore(database_url)
-    await store.open()
-    acker = Acker(store, Metrics())
-    task = asyncio.create_task(acker.run())
-    try:
-        jobs = await _leased_jobs(conn, store, 13)
-        for job in jobs[:10]:
-            acker.put(job, _ack(job))
-        await asyncio.sleep(0.1)  # the acker is gathering: more outcomes come in
-        for job in jobs[10:]:
-            acker.put(job, _ack(job))
-        async with asyncio.timeout(5):
-            while await _delivered(conn) < 13:
-                await asyncio.sleep(0.02)
-        assert store.ack_sizes == [13]
-    finally:
-        await acker.close(5)
-        task.cancel()
-        await store.close()
+    store, ack = acker
+    jobs = await _leased_jobs(conn, store, 13)
+    for job in jobs[:10]:
+        ack.put(job, _ack(job))
+    await asyncio.sleep(0.1)  # the acker is gathering: more outcomes come in
+    for job in jobs[10:]:
+        ack.put(job, _ack(job))
+    await _wait_delivered(conn, 13)
+    assert store.ack_sizes == [13]
