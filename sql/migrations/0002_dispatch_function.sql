@@ -58,7 +58,9 @@ BEGIN
          -- untenanted ones: NULL = x is not true); an untenanted subscription sees every
          -- tenant's events.
          AND (s.tenant_id IS NULL OR s.tenant_id = c.tenant_id)
-         AND relay.glob_match(c.event_type, s.events)
+         -- (an empty list matches everything: tested here first, because glob_match is
+         -- not inlined -- its EXISTS sub-select -- and runs as a nested statement per pair)
+         AND (cardinality(s.events) = 0 OR relay.glob_match(c.event_type, s.events))
     ),
     fanned AS (
         INSERT INTO relay.deliveries AS d
