@@ -31,7 +31,12 @@ _CHUNK = 65536
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:<port> to ``target_host:target_port`` until stopped."""
+    """Forward 127.0.0.1:<port> to ``target_host:target_port`` until stopped.
+
+    A ``target_host`` that is a directory is a Unix-socket server (libpq's convention: the
+    socket is ``<dir>/.s.PGSQL.<port>``), such as the embedded Postgres the tests fall back
+    to; clients still reach the proxy over TCP.
+    """
 
     def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
         self.target_host = target_host
@@ -155,7 +160,14 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            if self.target_host.startswith("/"):
+                up_reader, up_writer = await asyncio.open_unix_connection(
+                    f"{self.target_host}/.s.PGSQL.{self.target_port}"
+                )
+            else:
+                up_reader, up_writer = await asyncio.open_connection(
+                    self.target_host, self.target_port
+                )
         except OSError:
             _abort(writer)
             return

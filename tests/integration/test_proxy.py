@@ -10,11 +10,9 @@ from tests.proxy import TcpProxy
 
 
 def _target(url: str) -> tuple[str, int]:
+    """Where the test server listens: TCP, or the Unix-socket directory of the embedded one."""
     params = conninfo_to_dict(url)
-    host = str(params.get("host") or "127.0.0.1")
-    if host.startswith("/"):
-        pytest.skip("the test server listens on a Unix socket only")
-    return host, int(params.get("port") or 5432)
+    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
 
 
 def _select_one(url: str) -> object:
