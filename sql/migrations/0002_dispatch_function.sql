@@ -3,13 +3,14 @@
 -- The dispatcher runs this statement hundreds of times a second under load. Planned anew on
 -- every run (what Postgres does for a statement with a LIMIT parameter: the one-for-all
 -- "generic" plan looks costlier, so it keeps making custom plans) it cost ~0.25-0.4 ms of
--- planning per run: a third of the dispatch's Postgres CPU in a 20,000-event drain. Inside a
--- function it is planned once per connection (force_generic_plan), and the SET clauses keep
--- that one plan safe whatever the table sizes were when it was made: no sequential scan of
--- the outbox (a plan made while the outbox was nearly empty would otherwise keep scanning it
--- whole as it grows), and no JIT (the disabled seq scan's huge cost would make Postgres JIT
--- compile the statement on every run: 300 ms). Every join is by key, so the generic plan is
--- the right one for 1 row and for 500 (checked by tests/observability/test_query_plans.py).
+-- planning per run: a quarter of the dispatch statement's time in a 20,000-event drain.
+-- Inside a function it is planned once per connection (force_generic_plan), and the SET
+-- clauses keep that one plan safe whatever the table sizes were when it was made: no
+-- sequential scan of the outbox (a plan made while the outbox was nearly empty would
+-- otherwise keep scanning it whole as it grows), and no JIT (the disabled seq scan's huge
+-- cost would make Postgres JIT compile the statement on every run: 300 ms). Every join is by
+-- key, so the generic plan is the right one for 1 row and for 500 (checked by
+-- tests/observability/test_query_plans.py).
 --
 -- Claim undispatched outbox rows (SKIP LOCKED: relays share the work), fan each out to every
 -- subscription that matches now, and mark them dispatched, in one transaction. No id
