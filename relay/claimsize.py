@@ -38,17 +38,17 @@ class ClaimSizer:
         """Deliveries of unknown number may have become due."""
         self.unknown = True
 
-    def target(self, now: float, room: int, floor: int) -> int:
-        """Slots the next claim should reserve: the whole ``room`` when the amount due is
-        unknown, else the retries due by ``now`` (popped: counted once), at least ``floor``
-        (one claim statement costs about the same for 1 row as for ``floor``)."""
+    def target(self, now: float, most: int, floor: int) -> int:
+        """Slots the next claim should reserve: ``most`` when the amount due is unknown, else
+        the retries due by ``now`` (popped: counted once), at least ``floor`` (one claim
+        statement costs about the same for 1 row as for ``floor``), at most ``most``."""
         due = 0
         while self._due and self._due[0] <= now:
             heapq.heappop(self._due)
             due += 1
         if self.unknown:
-            return room
-        return min(room, max(floor, due))
+            return most
+        return min(most, max(floor, due))
 
     def claimed(self, wanted: int, got: int) -> None:
         """A claim for ``wanted`` rows brought ``got`` back: a full one may have left more."""

@@ -90,7 +90,12 @@ class Relay:
 
     # -- wake-ups ------------------------------------------------------------------------------
     def deliver_wake_set(self) -> None:
-        """New deliveries may be due (NOTIFY, fan-out, a retry scheduled, rows released)."""
+        """Deliveries of unknown number may be due (NOTIFY, unleased fan-out, rows released):
+        wake the deliverer, and let its next claim take the whole room."""
+        self.claim_sizer.unknown_work()
+        self._wake_deliverer()
+
+    def _wake_deliverer(self) -> None:
         self.new_work = True
         self.deliver_wake.set()
 
@@ -103,13 +108,12 @@ class Relay:
         until = self.deliver_sleeps_until
         if until is not None and until <= now + min(delays):
             return
-        self.deliver_wake_set()
+        self._wake_deliverer()  # the sizer knows these: no whole-room claim
 
     def _on_notify(self, channel: str) -> None:
         if channel == "relay_outbox":
             self.outbox_wake.set()
         else:
-            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
 
     def _toggle_debug(self) -> None:
@@ -200,7 +204,6 @@ class Relay:
             self.reserved -= lease
             self.slot_free.set()
         if created > len(jobs):
-            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
         self.outbox_backlog = dispatched == limit
         if not self.outbox_backlog:
@@ -272,7 +275,6 @@ class Relay:
             # One claim can overshoot a subscription's cap; give the excess straight back
             # (due now, for any relay) rather than let it queue behind a slow endpoint.
             await self.store.release([(j.id, j.token) for j in overflow])
-            self.claim_sizer.unknown_work()
             self.deliver_wake_set()
 
     # -- deliverer -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -165,7 +165,7 @@ def _explain(
     text_sql: str,
     args: list[Any],
     mode: str,
-    settings: list[str] = (),  # type: ignore[assignment]
+    settings: Sequence[str] = (),
     types: str = "",
 ) -> tuple[dict[str, Any], str]:
     """The plan of ``text_sql`` (with ``$n`` parameters) prepared and explained for
