@@ -3,8 +3,9 @@
 No fan-out, no subscriptions, no attempt log, no retries (a failed POST is simply left out of
 ``bare_done``), no metrics: claim up to 100 undispatched outbox rows (``FOR UPDATE SKIP
 LOCKED``, marking them in the same statement), POST each one's notification to one URL (at
-most ``BARE_CONCURRENCY`` requests in flight), and record the batch as done in one INSERT. Several claim loops share one aiohttp session so
-the HTTP side never waits on a single loop's statement. It is what a drain costs with the
+most ``BARE_CONCURRENCY`` requests in flight), and record the batch as done in one INSERT.
+Several claim loops share one aiohttp session so the HTTP side never waits on a single loop's
+statement. It is what a drain costs with the
 least bookkeeping a durable queue can get away with, so the drain scenario can report relay's
 rate against it on the same machine, in the same run.
 
