@@ -29,6 +29,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -115,6 +122,13 @@ SETTINGS: tuple[Setting, ...] = (
         "slow endpoint cannot take every slot.",
     ),
     Setting(
+        "prefetch",
+        _non_negative_int,
+        None,
+        "Deliveries leased beyond the request slots, ready to start the moment one frees "
+        "(default: as many as concurrency; 0 = none).",
+    ),
+    Setting(
         "claim_batch",
         _positive_int,
         100,
@@ -193,6 +207,7 @@ class Config:
     metrics_addr: str = "127.0.0.1:9465"
     concurrency: int = 64
     subscription_concurrency: int | None = None
+    prefetch: int | None = None
     claim_batch: int = 100
     dispatch_batch: int = 500
     poll_interval: float = 5.0
@@ -230,6 +245,10 @@ class Config:
         if self.subscription_concurrency:
             return min(self.subscription_concurrency, self.concurrency)
         return max(1, self.concurrency * 3 // 4)
+
+    @property
+    def effective_prefetch(self) -> int:
+        return self.concurrency if self.prefetch is None else self.prefetch
 
     @property
     def effective_relay_id(self) -> str:

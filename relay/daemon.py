@@ -34,6 +34,7 @@ from relay.listener import Listener
 from relay.metrics import Metrics, status_class
 from relay.netpolicy import parse_allowed_networks
 from relay.queries import expected_schema_version
+from relay.slots import Slots, lease_length
 from relay.store import Job, Store
 from relay.systemd import SystemdNotifier, watchdog_interval
 
@@ -75,7 +76,13 @@ class Relay:
         self.outbox_wake = asyncio.Event()
         self.deliver_wake = asyncio.Event()
         self.slot_free = asyncio.Event()
+        self.slots = Slots(
+            config.concurrency,
+            config.effective_subscription_concurrency,
+            config.effective_prefetch,
+        )
         self.in_flight: dict[asyncio.Task[None], Job] = {}
+        self.releasing: set[asyncio.Task[None]] = set()  # background releases of lapsing jobs
         self.reserved = 0  # slots promised to a dispatch in progress
         self.outbox_backlog = False  # the last dispatch was full: more events are waiting
         self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
@@ -183,6 +190,7 @@ class Relay:
             await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
             return None
         self.reserved += lease
+        leased_at = time.monotonic()
         try:
             dispatched, created, jobs = await self.store.dispatch(
                 limit, lease, self.config.lease_seconds
@@ -199,7 +207,7 @@ class Relay:
                 self.metrics.claimed.labels("delivery").inc(len(jobs))
                 # Still reserved until the jobs are in in_flight: a claim in between must
                 # not see the slots as free.
-                await self._start(jobs)
+                await self._start(jobs, leased_at)
         finally:
             self.reserved -= lease
             self.slot_free.set()
@@ -220,11 +228,9 @@ class Relay:
         it; a dispatch cannot know which subscriptions the next events match, so all do.
         """
         room = min(self._free_slots(), self.config.claim_batch)
-        cap = self.config.effective_subscription_concurrency
-        if cap < self.config.concurrency:
-            counts = self._per_subscription().values()
-            busiest = max((n for n in counts if not skip_saturated or n < cap), default=0)
-            room = min(room, cap - busiest - self.reserved)
+        if self.slots.capped:
+            busiest = self.slots.busiest(skip_saturated=skip_saturated)
+            room = min(room, self.slots.subscription_hold_limit - busiest - self.reserved)
         return max(0, room)
 
     def _lease_room(self) -> int:
@@ -260,17 +266,18 @@ class Relay:
         return 0 < len(saturated) < self.subscriptions_active
 
     def _free_slots(self) -> int:
-        return self.config.concurrency - len(self.in_flight) - self.reserved
+        """Deliveries this relay may still lease: request slots plus prefetch, less those
+        held (in flight or ready) and those promised to a statement in progress."""
+        return self.slots.hold_limit - self.slots.held - self.reserved
 
-    async def _start(self, jobs: list[Job]) -> None:
-        """Start an attempt task per job (within the per-subscription caps)."""
-        jobs, overflow = self._within_caps(jobs)
-        # Register the kept jobs first, so the counts are right while the release awaits.
-        for job in jobs:
-            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
-            self.in_flight[task] = job
-            task.add_done_callback(self._attempt_done)
-        self.metrics.in_flight.set(len(self.in_flight))
+    async def _start(self, jobs: list[Job], leased_at: float) -> None:
+        """Hold newly leased jobs (leased by a statement sent at ``leased_at``, monotonic),
+        and start those that have a slot."""
+        lease = self.config.lease_seconds
+        deadlines = [leased_at + lease_length(lease, job.timeout_ms) for job in jobs]
+        # Admitted first, so the counts are right while the release below awaits.
+        overflow = self.slots.admit(jobs, deadlines)
+        self._start_ready()
         if overflow:
             # One claim can overshoot a subscription's cap; give the excess straight back
             # (due now, for any relay) rather than let it queue behind a slow endpoint.
@@ -342,6 +349,7 @@ class Relay:
         # must not hand the same slots (or the same subscription's room) out meanwhile.
         self.reserved += want
         try:
+            leased_at = time.monotonic()
             jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
             self.fruitless = exclusions if exclusions and len(jobs) < want else None
             self.metrics.db_up.labels("pool").set(1)
@@ -350,7 +358,7 @@ class Relay:
                 self.metrics.claimed.labels("delivery").inc(len(jobs))
             claimed = len(jobs)
             self.claim_sizer.claimed(want, claimed)
-            await self._start(jobs)
+            await self._start(jobs, leased_at)
         finally:
             self.reserved -= want
             self.slot_free.set()
@@ -376,60 +384,73 @@ class Relay:
             finally:
                 self.deliver_sleeps_until = None
 
-    def _within_caps(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-        """Split claimed jobs into those within their subscription's cap and the overflow."""
-        cap = self.config.effective_subscription_concurrency
-        if cap >= self.config.concurrency:
-            return jobs, []
-        per_sub = self._per_subscription()
-        keep: list[Job] = []
-        overflow: list[Job] = []
-        for job in jobs:
-            n = per_sub.get(job.subscription_id, 0)
-            if n >= cap:
-                overflow.append(job)
-            else:
-                per_sub[job.subscription_id] = n + 1
-                keep.append(job)
-        return keep, overflow
-
-    def _per_subscription(self) -> dict[int, int]:
-        per_sub: dict[int, int] = {}
-        for job in self.in_flight.values():
-            per_sub[job.subscription_id] = per_sub.get(job.subscription_id, 0) + 1
-        return per_sub
-
     def _claim_low_water(self) -> int:
         """Free slots worth a claim statement while a backlog waits."""
-        cap = min(self.config.claim_batch, self.config.effective_subscription_concurrency)
+        cap = min(self.config.claim_batch, self.slots.subscription_hold_limit)
         return max(1, cap // 4)
 
     def _was_saturated(self, subscription_id: int) -> bool:
-        """Whether the subscription was at its cap before one of its attempts finished."""
-        cap = self.config.effective_subscription_concurrency
-        if cap >= self.config.concurrency:
+        """Whether the subscription held all it may before one of its attempts finished."""
+        if not self.slots.capped:
             return False
-        return self._per_subscription().get(subscription_id, 0) + 1 >= cap
+        return self.slots.held_by(subscription_id) + 1 >= self.slots.subscription_hold_limit
 
     def _saturated(self) -> list[int]:
         """Subscriptions that may not take more of this relay's slots right now."""
-        cap = self.config.effective_subscription_concurrency
-        if cap >= self.config.concurrency:
-            return []
-        return [sub for sub, n in self._per_subscription().items() if n >= cap]
+        return self.slots.saturated()
+
+    def _start_ready(self) -> None:
+        """Start an attempt task for each ready job that has a slot (none once stopping:
+        the ready ones are released instead)."""
+        if self.stopping.is_set():
+            return
+        start, lapsing = self.slots.pop_startable(time.monotonic())
+        for job in start:
+            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
+            self.in_flight[task] = job
+            task.add_done_callback(self._attempt_done)
+        self.metrics.in_flight.set(self.slots.running)
+        self.metrics.ready.set(self.slots.ready)
+        if lapsing:
+            self._release_in_background(lapsing, "ready (lease too short to start)")
+
+    def _release_in_background(self, jobs: list[Job], why: str) -> None:
+        """Give held jobs back without waiting for it here, then wake the loops."""
+
+        async def release() -> None:
+            await self._release(jobs, why)
+            self.slot_free.set()
+            self.deliver_wake_set()
+
+        task = asyncio.create_task(release(), name="release")
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
+        self.metrics.ready.set(self.slots.ready)
+
+    async def _release(self, jobs: list[Job], what: str) -> None:
+        """Give leased jobs back: due now, for any relay (a failure leaves them to their
+        lease's expiry, which is logged)."""
+        try:
+            released = await self.store.release([(j.id, j.token) for j in jobs])
+            log.info("released %d %s deliveries for other relays", released, what)
+        except DatabaseError as exc:
+            log.warning(
+                "could not release %d %s deliveries (lease will expire): %s", len(jobs), what, exc
+            )
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         job = self.in_flight.pop(task, None)
-        if (
-            job is not None
-            and self.fruitless is not None
-            and job.subscription_id in self.fruitless
-            and self._was_saturated(job.subscription_id)
-        ):
-            # The last claim skipped this subscription's due rows (and the next-due time
-            # ignored them): now that it has room, look again.
-            self.deliver_wake.set()
-        self.metrics.in_flight.set(len(self.in_flight))
+        if job is not None:
+            self.slots.finished(job.subscription_id)
+            if (
+                self.fruitless is not None
+                and job.subscription_id in self.fruitless
+                and self._was_saturated(job.subscription_id)
+            ):
+                # The last claim skipped this subscription's due rows (and the next-due time
+                # ignored them): now that it has room, look again.
+                self.deliver_wake.set()
+        self._start_ready()
         self.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", exc_info=task.exception())
@@ -461,6 +482,11 @@ class Relay:
         self.last_loop_tick = time.monotonic()
         await self._refresh_gauges()
         now = time.monotonic()
+        lapsing = self.slots.expired(now)
+        if lapsing:
+            # Ready jobs behind a slow endpoint whose lease ran short: another relay (or this
+            # one, later) may take them while they still can be sent safely.
+            self._release_in_background(lapsing, "ready (lease ran short while waiting)")
         if self.config.vacuum and now - self.last_vacuum_check >= VACUUM_CHECK_SECONDS:
             self.last_vacuum_check = now
             vacuumed = await self.store.vacuum_if_needed(VACUUM_MIN_DEAD, VACUUM_MIN_INTERVAL)
@@ -585,24 +611,23 @@ class Relay:
                 await task
 
     async def _drain(self) -> None:
-        """Let in-flight attempts finish within the drain timeout; release the rest."""
+        """Release the ready jobs at once; let in-flight attempts finish within the drain
+        timeout; release the rest."""
+        ready = self.slots.take_ready()
+        self.metrics.ready.set(0)
+        if ready:
+            await self._release(ready, "ready")
+        await asyncio.gather(*self.releasing, return_exceptions=True)
         if not self.in_flight:
             return
-        tasks = list(self.in_flight)
-        _, still = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+        _, still = await asyncio.wait(list(self.in_flight), timeout=self.config.drain_timeout)
         if not still:
             return
-        leftovers = [(self.in_flight[t].id, self.in_flight[t].token) for t in still]
+        leftovers = [self.in_flight[t] for t in still]
         for task in still:
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
-        try:
-            released = await self.store.release(leftovers)
-            log.info("released %d unfinished deliveries for other relays", released)
-        except DatabaseError as exc:
-            log.warning(
-                "could not release %d deliveries (lease will expire): %s", len(leftovers), exc
-            )
+        await self._release(leftovers, "unfinished")
 
 
 def main(config: Config) -> int:

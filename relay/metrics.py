@@ -84,6 +84,11 @@ class Metrics:
         self.in_flight = Gauge(
             "relay_deliveries_in_flight", "HTTP requests in progress", registry=r
         )
+        self.ready = Gauge(
+            "relay_deliveries_ready",
+            "Deliveries leased by this relay, waiting for a free request slot (prefetch)",
+            registry=r,
+        )
         self.db_up = Gauge(
             "relay_db_connected",
             "1 when the named database connection works",

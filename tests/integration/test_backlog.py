@@ -38,17 +38,20 @@ async def test_a_backlog_is_fanned_out_only_as_fast_as_slots_free(
             emit(conn, "order.created", {"i": i})
         samples: list[tuple[int, int]] = []
         async with running_relay(
-            database_url, concurrency=concurrency, subscription_concurrency=concurrency
+            database_url,
+            concurrency=concurrency,
+            subscription_concurrency=concurrency,
+            prefetch=concurrency,
         ) as relay:
             while len(rx.requests) < n:
                 samples.append(_counts(conn))
                 await asyncio.sleep(0.01)
             await wait_until(lambda: _counts(conn) == (0, 0))
             claimed_by_deliverer = relay.metrics.claims.labels("delivery")._value.get()
-        # Pending = in flight (at most `concurrency`) + outcomes whose batched ack is not
-        # written yet (each from a slot already freed): never more than twice the slots,
-        # where fanning the backlog out would have made all 40 pending at once.
-        assert max(pending for pending, _ in samples) <= 2 * concurrency
+        # Pending = held (in flight + prefetched: at most 2 × `concurrency`) + outcomes whose
+        # batched ack is not written yet (each from a slot already freed): never more than
+        # twice that, where fanning the backlog out would have made all 40 pending at once.
+        assert max(pending for pending, _ in samples) <= 2 * (2 * concurrency)
         assert any(waiting > 0 for _, waiting in samples), "the backlog never waited"
         assert sorted(r.json["i"] for r in rx.requests) == list(range(n))
         # Nothing was left for the deliverer to claim: every first attempt came leased.

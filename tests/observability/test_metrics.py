@@ -46,6 +46,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "relay_oldest_pending_age_seconds": ("gauge", set()),
     "relay_instances_seen": ("gauge", set()),
     "relay_deliveries_in_flight": ("gauge", set()),
+    "relay_deliveries_ready": ("gauge", set()),
     "relay_db_connected": ("gauge", {"connection"}),
     "relay_build_info": ("", {"version"}),
     "relay_claims_total": ("counter", {"kind"}),
