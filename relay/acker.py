@@ -117,11 +117,11 @@ class Acker:
                 log.warning("ack ignored: lease lost to another relay", extra=summary)
                 continue
             if ack.outcome == "delivered":
-                self.metrics.deliveries.labels("delivered", job.event_type).inc()
+                self.metrics.delivery_ended("delivered", job.event_type)
                 self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
                 log.info("delivered", extra=summary)
             elif ack.outcome == "dead":
-                self.metrics.deliveries.labels("dead", job.event_type).inc()
+                self.metrics.delivery_ended("dead", job.event_type)
                 log.warning("dead", extra=summary)
             else:
                 log.info("retry scheduled", extra=summary)

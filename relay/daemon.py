@@ -83,6 +83,7 @@ class Relay:
         )
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.releasing: set[asyncio.Task[None]] = set()  # background releases of lapsing jobs
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
         self.reserved = 0  # slots promised to a dispatch in progress
         self.outbox_backlog = False  # the last dispatch was full: more events are waiting
         self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
@@ -405,8 +406,13 @@ class Relay:
         if self.stopping.is_set():
             return
         start, lapsing = self.slots.pop_startable(time.monotonic())
+        loop = self.loop
+        if loop is None:
+            # Kept: asyncio.create_task() looks the loop up per call (on Python 3.11 with a
+            # getpid() system call each time).
+            loop = self.loop = asyncio.get_running_loop()
         for job in start:
-            task = asyncio.create_task(self._attempt(job), name=f"delivery-{job.id}")
+            task = loop.create_task(self._attempt(job), name=f"delivery-{job.id}")
             self.in_flight[task] = job
             task.add_done_callback(self._attempt_done)
         self.metrics.in_flight.set(self.slots.running)
@@ -458,11 +464,12 @@ class Relay:
     async def _attempt(self, job: Job) -> None:
         result = await self.sender.attempt(job)
         ack = decide(job, result)
-        self.metrics.attempts.labels(status_class(result.status_code, result.error_kind)).inc()
-        self.metrics.subscription_attempts.labels(
-            str(job.subscription_id), "true" if result.ok else "false"
-        ).inc()
-        self.metrics.attempt_duration.observe(result.duration_ms / 1000.0)
+        self.metrics.attempt_made(
+            status_class(result.status_code, result.error_kind),
+            job.subscription_id,
+            result.ok,
+            result.duration_ms / 1000.0,
+        )
         self.acker.put(job, ack)
 
     # -- housekeeping --------------------------------------------------------------------------

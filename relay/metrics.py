@@ -7,6 +7,8 @@ URLs or header values.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
@@ -113,3 +115,25 @@ class Metrics:
             "Relays that reported in the last minute",
             registry=r,
         )
+        # Labelled children by label values: ``labels()`` takes a lock and builds a key on
+        # every call, which showed in profiles of the per-attempt path.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def attempt_made(self, result: str, subscription_id: int, ok: bool, seconds: float) -> None:
+        """One HTTP attempt ended with result class ``result`` after ``seconds``."""
+        self._child(self.attempts, result).inc()
+        self._child(
+            self.subscription_attempts, str(subscription_id), "true" if ok else "false"
+        ).inc()
+        self.attempt_duration.observe(seconds)
+
+    def delivery_ended(self, outcome: str, event_type: str) -> None:
+        """A delivery reached a final state (``delivered`` or ``dead``)."""
+        self._child(self.deliveries, outcome, event_type).inc()
