@@ -74,7 +74,11 @@ def dumps(obj: Any) -> str:
     NaN and infinities are refused (``ValueError``): they are not JSON and jsonb cannot hold
     them, so one appearing means a bug upstream, not something to send to a receiver.
     """
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
+
+
+# Built once: json.dumps() with non-default options builds an encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _query_value(value: Any) -> str:
