@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from relay.store import Ack, Job, Store
+from relay.queries import q
+from relay.store import JOB_COLUMNS, Ack, Job, Store
 from tests.relayctx import add_subscription, attempts, emit
 
 Conn = psycopg.Connection[Any]
@@ -76,3 +78,23 @@ async def test_retry_schedule_is_persisted_not_reset_by_a_restart(
         assert row == ("pending", 1, 1)
     finally:
         await after.close()
+
+
+def test_dispatch_and_claim_return_the_job_columns_in_job_order(conn: Conn) -> None:
+    """Store builds a Job positionally from each row: both statements must return exactly
+    JOB_COLUMNS, in order, after their own leading columns."""
+    params = {
+        "limit": 1,
+        "lease_limit": 1,
+        "saturated": [],
+        "owner": "me",
+        "token": uuid.uuid4(),
+        "lease_seconds": 60.0,
+    }
+    dispatch = conn.execute(q("dispatch_outbox"), params)
+    assert dispatch.description is not None
+    names = tuple(c.name for c in dispatch.description)
+    assert names == ("dispatched", "deliveries", *JOB_COLUMNS)
+    claim = conn.execute(q("claim_deliveries"), params)
+    assert claim.description is not None
+    assert tuple(c.name for c in claim.description) == JOB_COLUMNS
