@@ -147,6 +147,22 @@ def _explain_ms(lines: list[str] | None) -> float | None:
     return None
 
 
+def _in_receiver_units(per_request: dict[str, Any]) -> float | None:
+    """(relay + Postgres) CPU per delivery over the receiver's CPU per request.
+
+    The receiver does the same work for every request whatever relay does, so its CPU time
+    per request tracks how fast this (shared, virtual) machine is at the moment: on the
+    development host the same code's CPU per delivery moved by up to 1.5x between runs
+    minutes apart, this ratio by a few percent. Compare code changes with it.
+    """
+    relay_us = per_request.get("relay_cpu_us")
+    pg_us = per_request.get("postgres_backends_cpu_us")
+    rx_us = per_request.get("receiver_cpu_us")
+    if not relay_us or pg_us is None or not rx_us:
+        return None
+    return round(float(relay_us + pg_us) / float(rx_us), 2)
+
+
 def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(scenario, figure, value) rows of the printed table."""
     sc = res["scenarios"]
@@ -198,6 +214,7 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{_fmt(pr.get('relay_cpu_us'))}+{_fmt(pr.get('postgres_backends_cpu_us'))}"
                     f"+{_fmt(pr.get('receiver_cpu_us'))} us",
                 )
+                add("2 drain", f"  relay+PG CPU in receiver units ({n})", _in_receiver_units(pr))
                 add("2 drain", f"  ratio to the bare loop ({n})", d.get("ratio_to_bare_loop"))
             b = r.get("bare", {})
             add("2 drain", "bare claim-100 + POST loop (reference)", b.get("rate_per_s"), "deliv/s")
@@ -209,6 +226,7 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{_fmt(pr.get('relay_cpu_us'))}+{_fmt(pr.get('postgres_backends_cpu_us'))}"
                 f"+{_fmt(pr.get('receiver_cpu_us'))} us",
             )
+            add("2 drain", "  bare loop: loop+PG CPU in receiver units", _in_receiver_units(pr))
         elif name == "latency":
             lat = r["commit_to_arrival_ms"]
             add("3 latency", f"commit->arrival p50 @{r['rate_per_s']:g}/s", lat["p50"], "ms")
