@@ -8,77 +8,24 @@ SELECT * FROM relay.dispatch_outbox(
     %(limit)s, %(lease_limit)s, %(owner)s, %(token)s, %(lease_seconds)s);
 
 -- name: claim_deliveries
--- Lease due deliveries to this relay. The lease is next_attempt_at itself: pushed to the lease
--- expiry, so a crashed relay's rows fall due again with no sweeper. lease_token changes on every
--- claim, so an ack from a relay that lost its lease matches nothing.
-WITH due AS MATERIALIZED (
-    SELECT id FROM relay.claim_due(%(limit)s, %(saturated)s::bigint[]) AS id
-)
-UPDATE relay.deliveries d
-SET lease_owner = %(owner)s,
-    lease_token = %(token)s,
-    -- the lease outlasts the request: never shorter than the subscription's timeout + 5 s
-    next_attempt_at = now() + make_interval(
-        secs => greatest(%(lease_seconds)s, s.timeout_ms / 1000.0 + 5)),
-    updated_at = now()
-FROM due, relay.outbox o, relay.subscriptions s
-WHERE d.id = due.id
-  AND o.id = d.outbox_id
-  AND s.id = d.subscription_id
-RETURNING d.id, d.attempts, d.failures,
-          o.id AS outbox_id, o.event_id, o.event_type, o.payload, o.version, o.tenant_id,
-          o.created_at,
-          s.id AS subscription_id, s.url, s.method, s.headers, s.event_names,
-          s.body_map::text AS body_map, s.secret,
-          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END
-              AS previous_secret,
-          s.max_retries, s.backoff_ms, s.timeout_ms;
+-- Lease up to %(limit)s due deliveries to this relay, skipping the %(saturated)s
+-- subscriptions: the statement lives in relay.claim_deliveries() (sql/migrations/0003_*.sql),
+-- where its plan is pinned.
+SELECT * FROM relay.claim_deliveries(
+    %(limit)s, %(saturated)s::bigint[], %(owner)s, %(token)s, %(lease_seconds)s);
 
 -- name: ack_deliveries
--- Record a batch of attempt outcomes in one statement. Only rows still leased with the given
--- token are updated; the attempt log gets a row exactly for those (a relay that lost its lease
--- records nothing). Returns the delivery ids that were accepted.
-WITH r AS (
-    SELECT *
-    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(outcomes)b::text[],
-                %(delays)b::float8[], %(codes)b::int[], %(errors)b::text[],
-                %(started)b::timestamptz[], %(durations)b::float8[], %(bodies)b::text[])
-         AS r(id, token, outcome, delay, code, error, started_at, duration_ms, body)
-),
-u AS (
-    UPDATE relay.deliveries d
-    SET attempts = d.attempts + 1,
-        failures = CASE WHEN r.outcome = 'delivered' THEN d.failures ELSE d.failures + 1 END,
-        status = CASE r.outcome WHEN 'retry' THEN 'pending' ELSE r.outcome END,
-        next_attempt_at = CASE WHEN r.outcome = 'retry'
-                               THEN now() + make_interval(secs => r.delay)
-                               ELSE now() END,
-        delivered_at = CASE WHEN r.outcome = 'delivered' THEN now() ELSE d.delivered_at END,
-        dead_at = CASE WHEN r.outcome = 'dead' THEN now() ELSE d.dead_at END,
-        lease_owner = NULL,
-        lease_token = NULL,
-        last_status_code = r.code,
-        last_error = r.error,
-        updated_at = now()
-    FROM r
-    WHERE d.id = r.id
-      AND d.lease_token = r.token
-      AND d.status = 'pending'
-    RETURNING d.id, d.attempts
-)
-INSERT INTO relay.delivery_attempts
-       (delivery_id, attempt, relay_id, started_at, duration_ms, status_code, error, response_body)
-SELECT u.id, u.attempts, %(relay_id)s, r.started_at, r.duration_ms, r.code, r.error, r.body
-FROM u JOIN r ON r.id = u.id
-RETURNING delivery_id;
+-- Record a batch of attempt outcomes in one statement (relay.ack_deliveries(),
+-- sql/migrations/0003_*.sql); returns the delivery ids whose lease was still ours.
+SELECT * FROM relay.ack_deliveries(
+    %(relay_id)s, %(ids)b::bigint[], %(tokens)b::uuid[], %(outcomes)b::text[],
+    %(delays)b::float8[], %(codes)b::int[], %(errors)b::text[],
+    %(started)b::timestamptz[], %(durations)b::float8[], %(bodies)b::text[]);
 
 -- name: release_deliveries
--- Give leased rows back (shutdown, cancelled work): due now, for any relay.
-UPDATE relay.deliveries d
-SET lease_owner = NULL, lease_token = NULL, next_attempt_at = now(), updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
-WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
-RETURNING d.id;
+-- Give leased rows back (shutdown, cancelled or lapsing work): due now, for any relay
+-- (relay.release_deliveries(), sql/migrations/0003_*.sql).
+SELECT * FROM relay.release_deliveries(%(ids)s::bigint[], %(tokens)s::uuid[]);
 
 -- name: seconds_until_due
 -- How long until the earliest delivery a claim could take falls due (negative: overdue);
