@@ -1,0 +1,112 @@
+"""Postgres CPU per delivery of relay's own statements, without HTTP: dispatch, then ack.
+
+    python -m bench.statements [--events 20000] [--batch 50] [--analyze-empty]
+
+Creates a scratch database on the server (``RELAY_BENCH_DATABASE_URL``, default the local
+test server), one subscription and ``--events`` outbox rows, then loops as a relay does under
+load: ``Store.dispatch`` leasing ``--batch`` deliveries, ``Store.ack`` of all of them
+delivered. Dispatch and ack run on two connections, so the CPU time of each backend
+(``/proc/PID/stat``) is each statement's own. ``--analyze-empty`` runs ``VACUUM ANALYZE`` on
+relay's tables while they are still empty, as after an install: the statistics state in
+which planner-chosen plans went wrong (migration 0003). The database is dropped at the end.
+
+A quick, low-noise way to compare SQL changes: run it from two checkouts in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+
+from relay.migrate import migrate
+from relay.store import Ack, Store
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _backend_pid(store: Store) -> int:
+    async with store.pool.connection() as conn:
+        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _setup(url: str, events: int, analyze_empty: bool) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        if analyze_empty:
+            for table in ("outbox", "deliveries", "delivery_attempts"):
+                conn.execute(f"VACUUM ANALYZE relay.{table}")
+        conn.execute("INSERT INTO relay.subscriptions (url) VALUES ('http://127.0.0.1:9/hook')")
+        conn.execute(
+            "INSERT INTO relay.outbox (event_type, payload)"
+            " SELECT 'order.created', jsonb_build_object('k', g, 't', 1732800000.123)"
+            " FROM generate_series(1, %s) g",
+            (events,),
+        )
+        conn.execute("ANALYZE relay.outbox")
+
+
+async def _measure(url: str, events: int, batch: int) -> str:
+    dispatcher = Store(url, pool_size=1, relay_id="bench-dispatch")
+    acker = Store(url, pool_size=1, relay_id="bench-ack")
+    await dispatcher.open()
+    await acker.open()
+    try:
+        pids = await _backend_pid(dispatcher), await _backend_pid(acker)
+        before = [_cpu_seconds(p) for p in pids]
+        done = 0
+        t0 = time.perf_counter()
+        while done < events:
+            _, _, jobs = await dispatcher.dispatch(batch, batch, 60.0)
+            if not jobs:
+                break
+            now = datetime.now(UTC)
+            await acker.ack(
+                [Ack(j.id, j.token, "delivered", 0.0, 204, None, now, 1.0, None) for j in jobs]
+            )
+            done += len(jobs)
+        wall = time.perf_counter() - t0
+        d_us, a_us = ((_cpu_seconds(p) - b) / done * 1e6 for p, b in zip(pids, before, strict=True))
+    finally:
+        await dispatcher.close()
+        await acker.close()
+    return (
+        f"{done} deliveries, batch {batch}: Postgres CPU per delivery dispatch {d_us:.1f}"
+        f" + ack {a_us:.1f} = {d_us + a_us:.1f} us; {done / wall:,.0f} deliveries/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--analyze-empty", action="store_true")
+    args = parser.parse_args()
+    server = os.environ.get("RELAY_BENCH_DATABASE_URL", DEFAULT_SERVER)
+    name = f"relay_bench_statements_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = psycopg.conninfo.make_conninfo(server, dbname=name)
+        _setup(url, args.events, args.analyze_empty)
+        print(asyncio.run(_measure(url, args.events, args.batch)))
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
