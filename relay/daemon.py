@@ -404,6 +404,7 @@ class Relay:
         """Start an attempt task for each ready job that has a slot (none once stopping:
         the ready ones are released instead)."""
         if self.stopping.is_set():
+            self.metrics.in_flight.set(self.slots.running)
             return
         start, lapsing = self.slots.pop_startable(time.monotonic())
         loop = self.loop
