@@ -566,6 +566,11 @@ def _explain(db: str, name: str, limit: int, **overrides: Any) -> list[str]:
             return [f"(no EXPLAIN: do not know a value for parameter %({p})s)"]
         params[p] = defaults[p]
     with psycopg.connect(db) as conn, conn.transaction(force_rollback=True):
+        # Once first, undone: a PL/pgSQL function plans its statements on its first call in a
+        # connection (a running relay's connections did so long ago), which would otherwise
+        # be timed below as if every call paid it.
+        with conn.transaction(force_rollback=True):
+            conn.execute(text, params).fetchall()
         rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()
     out = [str(r[0]) for r in rows]
     # Second pass, for statements nested in SQL functions only: auto_explain instruments every
