@@ -208,8 +208,11 @@ async def test_redirect_and_timeout_are_failures(
         )
     by_url = {d["subscription_id"]: d for d in deliveries(conn)}
     errors = sorted(str(d["last_error"]) for d in by_url.values())
-    assert errors[0].startswith("HTTP 302 redirect to http://127.0.0.1:1/elsewhere")
-    assert errors[1] == "timeout after 300 ms"
+    # (seen once in a full run, not reproduced since: one delivery dead with no error; the
+    # attempt rows say which attempt wrote what)
+    history = [(d, attempts(conn, d["id"])) for d in by_url.values()]
+    assert errors[0].startswith("HTTP 302 redirect to http://127.0.0.1:1/elsewhere"), history
+    assert errors[1] == "timeout after 300 ms", history
     assert all(r.path != "/elsewhere" for r in receiver.requests)
 
 
