@@ -1,6 +1,7 @@
 """Postgres CPU per delivery of relay's own statements, without HTTP: dispatch, then ack.
 
     python -m bench.statements [--events 20000] [--batch 50] [--analyze-empty]
+                               [--payload-bytes 0]
 
 Creates a scratch database on the server (``RELAY_BENCH_DATABASE_URL``, default the local
 test server), one subscription and ``--events`` outbox rows, then loops as a relay does under
@@ -8,7 +9,8 @@ load: ``Store.dispatch`` leasing ``--batch`` deliveries, ``Store.ack`` of all of
 delivered. Dispatch and ack run on two connections, so the CPU time of each backend
 (``/proc/PID/stat``) is each statement's own. ``--analyze-empty`` runs ``VACUUM ANALYZE`` on
 relay's tables while they are still empty, as after an install: the statistics state in
-which planner-chosen plans went wrong (migration 0003). The database is dropped at the end.
+which planner-chosen plans went wrong (migration 0003). ``--payload-bytes`` pads each
+payload with a string of that many characters. The database is dropped at the end.
 
 A quick, low-noise way to compare SQL changes: run it from two checkouts in turn.
 """
@@ -43,7 +45,7 @@ async def _backend_pid(store: Store) -> int:
     return int(row[0])
 
 
-def _setup(url: str, events: int, analyze_empty: bool) -> None:
+def _setup(url: str, events: int, analyze_empty: bool, pad: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
         if analyze_empty:
@@ -52,9 +54,10 @@ def _setup(url: str, events: int, analyze_empty: bool) -> None:
         conn.execute("INSERT INTO relay.subscriptions (url) VALUES ('http://127.0.0.1:9/hook')")
         conn.execute(
             "INSERT INTO relay.outbox (event_type, payload)"
-            " SELECT 'order.created', jsonb_build_object('k', g, 't', 1732800000.123)"
+            " SELECT 'order.created',"
+            "        jsonb_build_object('k', g, 't', 1732800000.123, 'pad', repeat('x', %s))"
             " FROM generate_series(1, %s) g",
-            (events,),
+            (pad, events),
         )
         conn.execute("ANALYZE relay.outbox")
 
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--analyze-empty", action="store_true")
+    parser.add_argument("--payload-bytes", type=int, default=0)
     args = parser.parse_args()
     server = os.environ.get("RELAY_BENCH_DATABASE_URL", DEFAULT_SERVER)
     name = f"relay_bench_statements_{uuid.uuid4().hex[:8]}"
@@ -101,7 +105,7 @@ def main() -> None:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = psycopg.conninfo.make_conninfo(server, dbname=name)
-        _setup(url, args.events, args.analyze_empty)
+        _setup(url, args.events, args.analyze_empty, args.payload_bytes)
         print(asyncio.run(_measure(url, args.events, args.batch)))
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
