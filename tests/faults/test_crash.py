@@ -88,7 +88,8 @@ def test_sigkill_at_random_moments_loses_nothing(
 ) -> None:
     """Kill -9 relay processes at random moments (startup, fan-out, claim, HTTP, before ack)
     while events flow: afterwards every event reached each subscription at least once, and the
-    duplicates (requests a killed relay sent but never acked) stay within concurrency x kills.
+    duplicates (requests a killed relay sent but never acked) stay within what the killed
+    relays still held leased, counted after each kill.
     Every delivery has exactly one attempt row: a killed relay records nothing."""
     seed = seed_from_env()
     rng = random.Random(seed)
@@ -138,15 +139,18 @@ def test_sigkill_at_random_moments_loses_nothing(
                     time.sleep(rng.uniform(0.0, 0.15))
                 else:
                     time.sleep(rng.uniform(0.0, 1.5))
+            backlog = scalar(conn, "SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL")
+            relay.kill()
+            assert relay.proc.returncode == -signal.SIGKILL
+            # Counted after the kill, while no relay runs (the database no longer changes):
+            # what it held with no outcome written -- requests in flight, outcomes waiting for
+            # their batched ack, prefetched deliveries never sent.
             leased = scalar(
                 conn,
                 "SELECT count(*) FROM relay.deliveries"
                 " WHERE status = 'pending' AND lease_owner = %s",
                 (relay_id,),
             )
-            backlog = scalar(conn, "SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL")
-            relay.kill()
-            assert relay.proc.returncode == -signal.SIGKILL
             moments.append(
                 {
                     "kill": i + 1,
@@ -180,7 +184,8 @@ def test_sigkill_at_random_moments_loses_nothing(
     assert {path for path, _ in per_target} == {"/a", "/b"}
     assert len(per_target) == expected, "every event reached every subscription at least once"
     duplicates = sum(c - 1 for c in per_target.values())
-    assert duplicates <= CONCURRENCY * kills, (duplicates, CONCURRENCY * kills)
+    unrecorded = sum(m["leased"] for m in moments)
+    assert duplicates <= unrecorded, (duplicates, unrecorded)
     assert scalar(conn, "SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL") == 0
     assert scalar(conn, "SELECT count(*) FROM relay.deliveries") == expected
     assert scalar(conn, "SELECT count(*) FROM relay.delivery_attempts") == expected
@@ -202,8 +207,7 @@ def test_sigkill_at_random_moments_loses_nothing(
         kill_modes=dict(Counter(modes)),
         lost=expected - len(per_target),
         duplicates=duplicates,
-        duplicate_bound=CONCURRENCY * kills,
-        leased_by_the_killed_relays=sum(m["leased"] for m in moments),
+        duplicate_bound=unrecorded,
         requests=len(records),
         kill_phase_s=round(kill_phase, 1),
         drain_after_last_kill_s=round(drain, 1),
