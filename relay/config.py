@@ -22,15 +22,23 @@ from typing import Any
 from relay.errors import ConfigError
 
 
+def _int(raw: str, what: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        # not int()'s "invalid literal for int() with base 10": say what is wanted
+        raise ValueError(f"must be {what}") from None
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw, "a positive integer")
     if value <= 0:
         raise ValueError("must be a positive integer")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw, "a whole number, 0 or more")
     if value < 0:
         raise ValueError("must be a whole number, 0 or more")
     return value

@@ -83,8 +83,21 @@ def test_masked_config_hides_every_password_form(url: str) -> None:
         ((), {"RELAY_LOG_LEVEL": "loud"}, ("RELAY_LOG_LEVEL", "log_level")),
         ((), {"RELAY_POLL_INTERVAL": "soon"}, ("RELAY_POLL_INTERVAL", "poll_interval")),
         ((), {"RELAY_LISTEN": "maybe"}, ("RELAY_LISTEN", "listen")),
+        ((), {"RELAY_PREFETCH": "-1"}, ("RELAY_PREFETCH", "prefetch", "0 or more")),
+        (("--prefetch", "lots"), {}, ("--prefetch", "prefetch", "a whole number")),
+        ((), {"RELAY_CONCURRENCY": "many"}, ("RELAY_CONCURRENCY", "a positive integer")),
     ],
-    ids=["concurrency-0", "metrics-addr", "allowed-networks", "log-level", "poll", "listen"],
+    ids=[
+        "concurrency-0",
+        "metrics-addr",
+        "allowed-networks",
+        "log-level",
+        "poll",
+        "listen",
+        "prefetch-negative",
+        "prefetch-word",
+        "concurrency-word",
+    ],
 )
 def test_bad_settings_fail_at_start_naming_the_setting(
     args: tuple[str, ...], env: dict[str, str], names: tuple[str, ...]
