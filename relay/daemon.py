@@ -263,7 +263,7 @@ class Relay:
         """Whether the lack of room is a saturated subscription's while others exist (if only
         saturated ones exist, fanning out more events now would only queue deliveries nobody
         can start; if none is saturated, the room is promised to a claim in progress)."""
-        saturated = self._saturated()
+        saturated = self.slots.saturated()
         return 0 < len(saturated) < self.subscriptions_active
 
     def _free_slots(self) -> int:
@@ -292,7 +292,7 @@ class Relay:
             self.slot_free.clear()
             await self.slot_free.wait()
             return None
-        saturated = self._saturated()
+        saturated = self.slots.saturated()
         exclusions = frozenset(saturated)
         if exclusions and exclusions == self.fruitless and not self.new_work:
             # The last claim that skipped these saturated subscriptions found nothing else
@@ -331,7 +331,7 @@ class Relay:
             want = min(self._claim_room(), target)
             if want <= 0:
                 return None
-            saturated = self._saturated()
+            saturated = self.slots.saturated()
             exclusions = frozenset(saturated)
         claimed = await self._claim(want, saturated, exclusions)
         if claimed < want:
@@ -395,10 +395,6 @@ class Relay:
         if not self.slots.capped:
             return False
         return self.slots.held_by(subscription_id) + 1 >= self.slots.subscription_hold_limit
-
-    def _saturated(self) -> list[int]:
-        """Subscriptions that may not take more of this relay's slots right now."""
-        return self.slots.saturated()
 
     def _start_ready(self) -> None:
         """Start an attempt task for each ready job that has a slot (none once stopping:

@@ -7,6 +7,7 @@ with a delay / dead, from the subscription's :class:`~relay.retry.RetryPolicy`.
 
 from __future__ import annotations
 
+import functools
 import math
 import ssl
 import time
@@ -132,7 +133,6 @@ class HttpSender:
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
         self._host_verdicts: dict[str, str | None] = {}
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -207,18 +207,6 @@ class HttpSender:
             self._host_verdicts[host] = verdict
         return verdict
 
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        """aiohttp's own total timeout (connect, send, and reading the response head), exact
-        (no rounding up to whole seconds), one object per distinct value. Cheaper than an
-        ``asyncio.timeout`` around the request: on Python 3.11 that asks for the running loop
-        (a getpid() system call) three times per attempt."""
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=seconds, ceil_threshold=math.inf)
-            if len(self._timeouts) < HOST_CACHE_SIZE:
-                self._timeouts[seconds] = timeout
-        return timeout
-
     async def _send(self, p: Prepared, timeout: float, started: datetime, t0: float) -> Result:
         assert self._session is not None, "HttpSender.start() not called"
         async with self._session.request(
@@ -227,7 +215,7 @@ class HttpSender:
             headers=p.headers,
             data=p.body,
             allow_redirects=False,
-            timeout=self._timeout(timeout),
+            timeout=_client_timeout(timeout),
         ) as resp:
             raw = await _read_head(resp)
             duration = (time.perf_counter() - t0) * 1000.0
@@ -248,6 +236,15 @@ class HttpSender:
                 response_body=raw.decode("utf-8", "replace") if raw else None,
                 retry_after=retry_after,
             )
+
+
+@functools.lru_cache(maxsize=1024)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """aiohttp's own total timeout (connect, send, and reading the response head), exact
+    (no rounding up to whole seconds), one object per distinct value. Cheaper than an
+    ``asyncio.timeout`` around the request: on Python 3.11 that asks for the running loop
+    (a getpid() system call) three times per attempt."""
+    return aiohttp.ClientTimeout(total=seconds, ceil_threshold=math.inf)
 
 
 async def _read_head(resp: aiohttp.ClientResponse) -> bytes:

@@ -150,18 +150,19 @@ class Slots:
     def expired(self, now: float) -> list[Job]:
         """Remove and return the ready jobs whose lease is now too short to start."""
         out: list[Job] = []
-        for sub in list(self._queues):
-            queue = self._queues[sub]
-            keep = deque(item for item in queue if item.startable(now))
+        for sub, queue in list(self._queues.items()):
+            keep: deque[_Ready] = deque()
             for item in queue:
-                if not item.startable(now):
+                if item.startable(now):
+                    keep.append(item)
+                else:
                     out.append(item.job)
                     self._drop(sub)
-            self.ready -= len(queue) - len(keep)
             if keep:
                 self._queues[sub] = keep
             else:
                 del self._queues[sub]
+        self.ready -= len(out)
         return out
 
     def take_ready(self) -> list[Job]:

@@ -20,6 +20,13 @@ from tests.relayctx import add_subscription, emit, running_relay, wait_until
 Conn = psycopg.Connection[Any]
 
 
+def _backlog(conn: Conn, url: str, n: int, **subscription: Any) -> None:
+    """One subscription to ``url`` and ``n`` events waiting for it (payload ``{"i": i}``)."""
+    add_subscription(conn, url, **subscription)
+    for i in range(n):
+        emit(conn, "order.created", {"i": i})
+
+
 def _leased(conn: Conn) -> int:
     row = conn.execute(
         "SELECT count(*) FROM relay.deliveries WHERE status = 'pending' AND lease_token IS NOT NULL"
@@ -36,9 +43,7 @@ async def test_prefetched_deliveries_start_as_slots_free_within_the_caps(
     exactly once."""
     n, concurrency = 40, 4
     async with Receiver(default=respond(204, delay=0.05)) as rx:
-        add_subscription(conn, rx.url("/hook"))
-        for i in range(n):
-            emit(conn, "order.created", {"i": i})
+        _backlog(conn, rx.url("/hook"), n)
         peak_running = peak_ready = peak_held = peak_leased = 0
         async with running_relay(
             database_url, concurrency=concurrency, subscription_concurrency=concurrency, prefetch=4
@@ -65,9 +70,7 @@ async def test_stopping_releases_ready_deliveries_without_sending_them(
     """On stop, ready deliveries go back to the database at once (due now, unleased, no
     attempt), not after the drain timeout; only those in flight were ever sent."""
     async with Receiver(default=hang(60)) as rx:
-        add_subscription(conn, rx.url("/hook"), timeout_ms=10_000)
-        for i in range(12):
-            emit(conn, "order.created", {"i": i})
+        _backlog(conn, rx.url("/hook"), 12, timeout_ms=10_000)
         async with running_relay(
             database_url,
             concurrency=3,
@@ -100,9 +103,7 @@ async def test_a_ready_delivery_whose_lease_ran_short_is_released_not_sent(
     n = 8
     caplog.set_level(logging.INFO, logger="relay.daemon")
     async with Receiver(default=respond(204, delay=1.5)) as rx:
-        add_subscription(conn, rx.url("/hook"), timeout_ms=2_000)
-        for i in range(n):
-            emit(conn, "order.created", {"i": i})
+        _backlog(conn, rx.url("/hook"), n, timeout_ms=2_000)
         async with running_relay(
             database_url,
             concurrency=2,
