@@ -118,6 +118,31 @@ def test_sql_unknown_type_message_is_clear(conn: Conn) -> None:
     assert "payload must be a JSON object" in str(exc2.value)
 
 
+def test_payload_rules_name_their_constraint_on_insert_and_update(conn: Conn) -> None:
+    """A plain INSERT or an UPDATE of the payload is held to the same rules as relay.emit, and
+    the error names the rule (constraint name and the reason in its detail); an UPDATE that
+    leaves the payload alone (the dispatcher's) does not re-check it."""
+    with pytest.raises(psycopg.errors.CheckViolation) as exc:
+        conn.execute(
+            "INSERT INTO relay.outbox (event_type, payload) VALUES ('order.created', '[1]')"
+        )
+    assert exc.value.diag.constraint_name == "outbox_payload_is_object"
+    assert exc.value.diag.message_detail == "payload must be a JSON object, got array"
+    row = conn.execute(
+        "INSERT INTO relay.outbox (event_type, payload) VALUES ('order.created', '{}') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    big = Jsonb({"p": "x" * 262_144})
+    with pytest.raises(psycopg.errors.CheckViolation) as exc:
+        conn.execute("UPDATE relay.outbox SET payload = %s WHERE id = %s", (big, row[0]))
+    assert exc.value.diag.constraint_name == "outbox_payload_size"
+    assert exc.value.diag.message_detail == (
+        "payload is 262153 bytes of JSON, the limit is 262144 (256 KiB)"
+    )
+    conn.execute("UPDATE relay.outbox SET dispatched_at = now() WHERE id = %s", (row[0],))
+    assert outbox_rows(conn) == [("order.created", {}, None, None, "v1", False)]
+
+
 # Python ---------------------------------------------------------------------------------------
 
 
