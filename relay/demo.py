@@ -2,15 +2,19 @@
 
 1. picks a database (``--database-url`` / ``RELAY_DATABASE_URL``, else the embedded Postgres
    under the state directory) and migrates it;
-2. starts a local receiver (aiohttp, loopback, ephemeral port): ``POST /orders`` verifies the
-   Standard Webhooks signature and fails its first request with 503; ``GET /tests`` answers 204;
+2. starts a local receiver (:mod:`relay.demo_receiver`: aiohttp, loopback, ephemeral port;
+   ``POST /orders`` fails its first request with 503);
 3. adds two subscriptions through :mod:`relay.admin` (what ``relay subscription add`` runs);
 4. runs a :class:`~relay.daemon.Relay` in the same asyncio loop;
-5. emits all nine catalog event types from app-like transactions (a row in a demo table and
-   ``relay.emit`` in one commit);
+5. emits all nine catalog event types from app-like transactions (:mod:`relay.demo_db`);
 6. waits until every delivery is ``delivered`` (the 503 one after its retry);
-7. prints the deliveries, the retried one's attempts, lines of the relay's own ``/metrics``,
-   then stops the relay cleanly.
+7. prints the deliveries, the retried one's attempts, lines of the relay's own ``/metrics``
+   (:mod:`relay.demo_output`), then stops the relay cleanly.
+
+This module holds the entry point :func:`main`, option parsing and the orchestration of the
+seven steps. The database side (demo tables, story, subscriptions, run bookkeeping) is in
+:mod:`relay.demo_db`, the receiver in :mod:`relay.demo_receiver`, and the progress lines and
+summary tables in :mod:`relay.demo_output`.
 
 Exit codes: 0 when all nine deliveries were delivered, 1 otherwise (with the reason on stderr),
 2 for a bad option. Re-runnable: the subscriptions of earlier demo runs (recorded in
@@ -22,379 +26,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import psycopg
-from aiohttp import web
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from standardwebhooks import Webhook, WebhookVerificationError
 
-import relay
 from relay import admin
 from relay import admin_format as fmt
-from relay import validation as v
 from relay.config import Config, default_relay_id, load, mask_url
 from relay.daemon import Relay
+from relay.demo_db import (
+    EXPECTED_DELIVERIES,
+    Run,
+    add_subscriptions,
+    app_transaction,
+    connect,
+    disable_subscriptions,
+    prepare_database,
+    record_outbox_ids,
+    record_run,
+    record_subscriptions,
+    record_success,
+    retire_previous_runs,
+    run_deliveries,
+    story,
+)
+from relay.demo_output import (
+    DELIVERY_COLUMNS,
+    say,
+    scrape_metrics,
+    stamp,
+    start_clock,
+    step,
+    summary,
+)
+from relay.demo_receiver import DemoReceiver
 from relay.embedded import default_state_dir, is_embedded, resolve_database_url
-from relay.errors import ConfigError, NotFound, RelayError
+from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter
-from relay.migrate import migrate
-
-Conn = psycopg.Connection[Any]
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
 ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"  # the receiver is on loopback, refused by default
-DEMO_TOKEN = "demo-token"
-BACKOFF_MS = 1000
-ORDERS_BODY_MAP = {
-    "type": "$.eventType",
-    "customer.id": "$.userId",
-    "sku": "$.productCode",
-    "version": "$.version",
-}
-TEST_EVENT_NAME = "test.processed=TEST.RESULTED"
+BACKOFF_MS = 1000  # the orders subscription's backoff (read at run time: tests patch it)
 PACE_SECONDS = 0.2  # between app transactions, so the output reads as a story
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
-
-_SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS relay_demo;
-CREATE TABLE IF NOT EXISTS relay_demo.demo_orders (
-    order_id     text PRIMARY KEY,
-    user_id      text NOT NULL,
-    product_code text NOT NULL,
-    status       text NOT NULL,
-    updated_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS relay_demo.demo_tests (
-    test_id    text PRIMARY KEY,
-    order_id   text NOT NULL,
-    status     text NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS relay_demo.runs (
-    run_id           text PRIMARY KEY,
-    started_at       timestamptz NOT NULL DEFAULT now(),
-    subscription_ids bigint[] NOT NULL DEFAULT '{}',
-    outbox_ids       bigint[] NOT NULL DEFAULT '{}',
-    finished_at      timestamptz,
-    ok               boolean
-);
-"""
-
-_ORDER_UPSERT = """
-INSERT INTO relay_demo.demo_orders (order_id, user_id, product_code, status)
-VALUES (%(orderId)s, %(userId)s, %(productCode)s, %(status)s)
-ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = now()
-"""
-
-_TEST_UPSERT = """
-INSERT INTO relay_demo.demo_tests (test_id, order_id, status)
-VALUES (%(testId)s, %(orderId)s, %(status)s)
-ON CONFLICT (test_id) DO UPDATE SET status = excluded.status, updated_at = now()
-"""
-
-_RUN_DELIVERIES = """
-SELECT d.id, d.subscription_id, d.event_type, d.status, d.attempts, d.last_status_code,
-       d.last_error, s.method, s.url
-FROM relay.deliveries d
-JOIN relay.subscriptions s ON s.id = d.subscription_id
-WHERE d.subscription_id = ANY(%(subs)s) AND d.outbox_id = ANY(%(outbox)s)
-ORDER BY d.id
-"""
-
-
-# Output -------------------------------------------------------------------------------------------
-
-_T0 = time.monotonic()
-
-
-def say(text: str = "") -> None:
-    """One line of progress on stdout, flushed at once (so pipes keep the order)."""
-    print(text, flush=True)
-
-
-def step(n: int, title: str) -> None:
-    """A numbered section header."""
-    say()
-    say(f"[{n}/7] {title}")
-
-
-def stamp() -> str:
-    """Seconds since the demo started, as a line prefix."""
-    return f"+{time.monotonic() - _T0:5.2f}s"
-
-
-# The story: what the "app" does -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppEvent:
-    """One app transaction: a row change in a demo table plus the matching ``relay.emit``."""
-
-    event_type: str
-    table: str  # "orders" or "tests"
-    payload: dict[str, Any]
-
-    @property
-    def aggregate_id(self) -> str:
-        key = "orderId" if self.table == "orders" else "testId"
-        return str(self.payload[key])
-
-
-def story(run_id: str) -> list[AppEvent]:
-    """An order's lifecycle, then its two test kits: all nine catalog event types."""
-    order = {"orderId": f"ord-{run_id}", "userId": "cust-1042", "productCode": "KIT-VITD-01"}
-    kit1 = {"testId": f"tst-{run_id}-1", "orderId": order["orderId"], "userId": "cust-1042"}
-    kit2 = {"testId": f"tst-{run_id}-2", "orderId": order["orderId"], "userId": "cust-1042"}
-    events = [
-        AppEvent("order.created", "orders", {**order, "status": "created"}),
-        AppEvent("order.dispatched", "orders", {**order, "status": "dispatched"}),
-        AppEvent("order.out_for_delivery", "orders", {**order, "status": "out_for_delivery"}),
-        AppEvent("order.received", "orders", {**order, "status": "received"}),
-        AppEvent("test.registered", "tests", {**kit1, "status": "registered"}),
-        AppEvent("test.lab_accessioned", "tests", {**kit1, "status": "lab_accessioned"}),
-        AppEvent("test.processed", "tests", {**kit1, "status": "processed", "result": "28 ng/mL"}),
-        AppEvent("test.validation_success", "tests", {**kit1, "status": "validation_success"}),
-        AppEvent(
-            "test.validation_fail",
-            "tests",
-            {**kit2, "status": "validation_fail", "reason": "sample haemolysed"},
-        ),
-    ]
-    return events
-
-
-EXPECTED_DELIVERIES = len(story("x"))
-
-
-def app_transaction(conn: Conn, event: AppEvent) -> int:
-    """What an application does: change its own row and emit the event, in ONE transaction."""
-    with conn.transaction():
-        conn.execute(_ORDER_UPSERT if event.table == "orders" else _TEST_UPSERT, event.payload)
-        return relay.emit(conn, event.event_type, event.payload, aggregate_id=event.aggregate_id)
-
-
-# The receiver ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    """One request the receiver saw."""
-
-    method: str
-    path: str
-    event_name: str | None
-    webhook_id: str
-    signature_ok: bool | None  # None: not signed (GET subscription without a secret)
-    status: int
-
-
-@dataclass
-class DemoReceiver:
-    """A webhook receiver on loopback: ``POST /orders`` (signed; first request 503) and
-    ``GET /tests``."""
-
-    secret: str | None = None
-    requests: list[Received] = field(default_factory=list)
-    _failed_once: bool = False
-    _seen_ids: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
-    base_url: str = ""
-
-    async def start(self) -> str:
-        """Listen on 127.0.0.1 with an ephemeral port; return the base URL."""
-        app = web.Application()
-        app.router.add_post("/orders", self._orders)
-        app.router.add_get("/tests", self._tests)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        """Close the listener."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def _retry_note(self, webhook_id: str) -> str:
-        if webhook_id in self._seen_ids:
-            return "  (a retry: same webhook-id as before)"
-        self._seen_ids.add(webhook_id)
-        return ""
-
-    async def _orders(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        webhook_id = request.headers.get("webhook-id", "-")
-        try:
-            Webhook(self.secret or "").verify(body, dict(request.headers))
-            signature_ok = True
-        except (WebhookVerificationError, ValueError):
-            signature_ok = False
-        auth_ok = request.headers.get("Authorization") == f"Bearer {DEMO_TOKEN}"
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = {}
-        name = doc.get("type") if isinstance(doc, dict) else None
-        if not (signature_ok and auth_ok):
-            status, text = 401, "bad signature or token"
-        elif not self._failed_once:
-            self._failed_once = True
-            status, text = 503, f"simulated outage (relay retries in {BACKOFF_MS / 1000:g} s)"
-        else:
-            status, text = 204, ""
-        note = self._retry_note(webhook_id)
-        self.requests.append(Received("POST", "/orders", name, webhook_id, signature_ok, status))
-        say(
-            f"  {stamp()} receiver <- POST /orders  {name}  webhook-id={webhook_id}  "
-            f"signature {'ok' if signature_ok else 'BAD'}  auth {'ok' if auth_ok else 'BAD'}"
-            f"  -> {status}{' ' + text if text else ''}{note}"
-        )
-        say(f"           body {body.decode(errors='replace')}")
-        return web.Response(status=status, text=text or None)
-
-    async def _tests(self, request: web.Request) -> web.Response:
-        webhook_id = request.headers.get("webhook-id", "-")
-        name = request.query.get("eventType")
-        note = self._retry_note(webhook_id)
-        self.requests.append(Received("GET", "/tests", name, webhook_id, None, 204))
-        say(
-            f"  {stamp()} receiver <- GET /tests  {name}  webhook-id={webhook_id}  "
-            f"unsigned (no secret)  -> 204{note}"
-        )
-        say(f"           query {request.query_string}")
-        return web.Response(status=204)
-
-
-# Database ----------------------------------------------------------------------------------------
-
-
-def connect(url: str) -> Conn:
-    """An autocommit connection that fails fast on an unreachable host."""
-    kwargs: dict[str, Any] = {}
-    with contextlib.suppress(psycopg.ProgrammingError):
-        if "connect_timeout" not in conninfo_to_dict(url):
-            kwargs["connect_timeout"] = 10
-    try:
-        return psycopg.connect(url, autocommit=True, **kwargs)
-    except psycopg.Error as exc:
-        where = f" at {mask_url(url)}" if "://" in url else ""
-        raise RelayError(f"cannot connect to the database{where}: {exc}") from None
-
-
-def prepare_database(conn: Conn) -> None:
-    """Migrate relay's schema and create the demo app's tables."""
-    applied = migrate(conn)
-    if applied:
-        say("  migrations applied: " + ", ".join(f"{n:04d}" for n in applied))
-    else:
-        say("  relay schema up to date")
-    conn.execute(_SCHEMA_SQL.encode())
-
-
-def retire_previous_runs(conn: Conn) -> None:
-    """Remove the subscriptions of earlier demo runs (their receivers are gone)."""
-    rows = conn.execute(
-        """SELECT DISTINCT s.id FROM relay_demo.runs r
-           CROSS JOIN LATERAL unnest(r.subscription_ids) AS u(id)
-           JOIN relay.subscriptions s ON s.id = u.id
-           WHERE s.removed_at IS NULL ORDER BY s.id"""
-    ).fetchall()
-    removed = 0
-    for (sub_id,) in rows:
-        with contextlib.suppress(NotFound):
-            admin.remove_subscription(conn, int(sub_id))
-            removed += 1
-    if removed:
-        say(f"  removed {removed} subscription(s) left by an earlier demo run")
-
-
-def run_deliveries(conn: Conn, subs: Sequence[int], outbox: Sequence[int]) -> list[dict[str, Any]]:
-    """This run's deliveries (its subscriptions x its events), oldest first."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_RUN_DELIVERIES, {"subs": list(subs), "outbox": list(outbox)})
-        return cur.fetchall()
-
-
-# Subscriptions ----------------------------------------------------------------------------------
-
-
-@dataclass
-class DemoSubscriptions:
-    """The two subscriptions of one run."""
-
-    orders_id: int
-    tests_id: int
-    secret: str
-
-    @property
-    def ids(self) -> list[int]:
-        return [self.orders_id, self.tests_id]
-
-
-def add_subscriptions(conn: Conn, base_url: str) -> DemoSubscriptions:
-    """Create both subscriptions exactly as ``relay subscription add`` would (relay.admin)."""
-    orders_url = f"{base_url}/orders"
-    body_map = json.dumps(ORDERS_BODY_MAP)
-    header = f"Authorization: Bearer {DEMO_TOKEN}"
-    name, value = v.parse_header(header)
-    orders = admin.add_subscription(
-        conn,
-        admin.SubscriptionChanges(
-            url=orders_url,
-            method="POST",
-            headers={name: value},
-            events=["order.*"],
-            body_map=body_map,
-            secret=admin.GENERATE,
-            backoff_ms=BACKOFF_MS,
-        ),
-    )
-    assert orders.generated_secret is not None
-    say(f"  #{orders.id}  POST {orders_url}  events order.*")
-    say(f"        body map {body_map}")
-    say(f"        signed with a generated secret; header '{name}: Bearer ***'")
-    say(
-        f"        backoff {BACKOFF_MS} ms: retry n waits {BACKOFF_MS / 1000:g} s x n "
-        "(default 5 s x n; shortened so the demo's retry is quick)"
-    )
-    say(
-        f"        = relay subscription add {orders_url} --method POST --event 'order.*' "
-        f"--body-map '{body_map}' --secret generate --header '{name}: Bearer ...' "
-        f"--backoff-ms {BACKOFF_MS}"
-    )
-
-    tests_url = f"{base_url}/tests"
-    event_type, event_name = v.parse_event_name(TEST_EVENT_NAME)
-    tests = admin.add_subscription(
-        conn,
-        admin.SubscriptionChanges(
-            url=tests_url, method="GET", events=["test.*"], event_names={event_type: event_name}
-        ),
-    )
-    say(f"  #{tests.id}  GET  {tests_url}  events test.*  ({event_type} is sent as {event_name})")
-    say(
-        f"        = relay subscription add {tests_url} --method GET --event 'test.*' "
-        f"--event-name {TEST_EVENT_NAME}"
-    )
-    return DemoSubscriptions(orders.id, tests.id, orders.generated_secret)
 
 
 # Options -----------------------------------------------------------------------------------------
@@ -491,17 +173,6 @@ class DemoFailed(RelayError):
     """The flow did not complete; the message says what was missing."""
 
 
-@dataclass
-class Run:
-    """State of one demo run."""
-
-    run_id: str
-    conn: Conn
-    app_conn: Conn
-    subs: DemoSubscriptions | None = None
-    outbox_ids: list[int] = field(default_factory=list)
-
-
 def choose_database(opts: Options) -> tuple[str, bool]:
     """Resolve the database URL and say which one is used; return ``(url, embedded)``."""
     embedded = is_embedded(opts.database_url)
@@ -569,83 +240,6 @@ async def wait_delivered(run: Run, task: asyncio.Task[int], timeout: float) -> f
         await asyncio.sleep(0.1)
 
 
-DELIVERY_COLUMNS: list[fmt.Column] = [
-    ("ID", lambda r: r["id"]),
-    ("SUBSCRIPTION", lambda r: f"#{r['subscription_id']} {r['method']} {urlsplit(r['url']).path}"),
-    ("EVENT TYPE", lambda r: r["event_type"]),
-    ("STATUS", lambda r: r["status"]),
-    ("ATTEMPTS", lambda r: r["attempts"]),
-    ("LAST RESULT", lambda r: r["last_error"] or r["last_status_code"]),
-]
-
-
-def attempt_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Attempt history with the wait before each retry (time after the previous one ended)."""
-    out: list[dict[str, Any]] = []
-    prev_end: float | None = None
-    for a in history:
-        start = a["started_at"].timestamp()
-        waited = "-" if prev_end is None else f"{start - prev_end:.2f} s"
-        prev_end = start + a["duration_ms"] / 1000.0
-        result = a["status_code"] if a["status_code"] is not None else a["error"]
-        out.append(
-            {
-                "attempt": a["attempt"],
-                "started": a["started_at"].astimezone().strftime("%H:%M:%S.%f")[:-3],
-                "waited": waited,
-                "result": result,
-                "ms": f"{a['duration_ms']:.1f}",
-                "response": a["response_body"],
-            }
-        )
-    return out
-
-
-ATTEMPT_COLUMNS: list[fmt.Column] = [
-    ("ATTEMPT", lambda r: r["attempt"]),
-    ("STARTED", lambda r: r["started"]),
-    ("WAITED", lambda r: r["waited"]),
-    ("RESULT", lambda r: r["result"]),
-    ("MS", lambda r: r["ms"]),
-    ("RESPONSE", lambda r: r["response"]),
-]
-
-METRIC_PREFIXES = ("relay_deliveries_total{", "relay_delivery_attempts_total{")
-
-
-async def scrape_metrics(url: str, expected_delivered: int) -> list[str]:
-    """The relay's delivery counters from its /metrics (waits for the last ack to count)."""
-    lines: list[str] = []
-    async with aiohttp.ClientSession() as session:
-        for _ in range(50):
-            async with session.get(url) as resp:
-                text = await resp.text()
-            lines = [ln for ln in text.splitlines() if ln.startswith(METRIC_PREFIXES)]
-            delivered = sum(
-                float(ln.rpartition(" ")[2])
-                for ln in lines
-                if ln.startswith("relay_deliveries_total{") and 'outcome="delivered"' in ln
-            )
-            if delivered >= expected_delivered:
-                break
-            await asyncio.sleep(0.1)
-    return lines
-
-
-def summary(run: Run, rows: list[dict[str, Any]]) -> None:
-    """Deliveries table and the retried delivery's attempts."""
-    say(fmt.table(rows, DELIVERY_COLUMNS))
-    retried = [r for r in rows if r["attempts"] > 1]
-    for r in retried:
-        history = admin.get_delivery(run.conn, int(r["id"]))["attempt_history"]
-        say()
-        say(
-            f"delivery #{r['id']} ({r['event_type']}) was retried: attempts, as "
-            f"`relay delivery show {r['id']}` lists them"
-        )
-        say(fmt.table(attempt_rows(history), ATTEMPT_COLUMNS))
-
-
 async def demo(opts: Options) -> int:
     """The seven steps; raises :class:`RelayError` (or :class:`DemoFailed`) on failure."""
     say("relay demo: Postgres outbox -> webhooks, end to end")
@@ -655,13 +249,13 @@ async def demo(opts: Options) -> int:
     conn = await asyncio.to_thread(connect, url)
     app_conn = await asyncio.to_thread(connect, url)
     run = Run(run_id, conn, app_conn)
-    receiver = DemoReceiver()
+    receiver = DemoReceiver(BACKOFF_MS)
     relay_obj: Relay | None = None
     task: asyncio.Task[int] | None = None
     try:
         await asyncio.to_thread(prepare_database, conn)
         await asyncio.to_thread(retire_previous_runs, conn)
-        conn.execute("INSERT INTO relay_demo.runs (run_id) VALUES (%s)", (run_id,))
+        record_run(conn, run_id)
         # Relays of earlier demo runs linger in the "seen" list for a minute: not competitors.
         relays = [r for r in admin.status(conn)["relays"] if not r["relay_id"].startswith("demo-")]
         if relays:
@@ -679,13 +273,10 @@ async def demo(opts: Options) -> int:
         )
 
         step(3, "subscriptions (through relay.admin, as `relay subscription add` does)")
-        subs = await asyncio.to_thread(add_subscriptions, conn, base)
+        subs = await asyncio.to_thread(add_subscriptions, conn, base, BACKOFF_MS)
         run.subs = subs
         receiver.secret = subs.secret
-        conn.execute(
-            "UPDATE relay_demo.runs SET subscription_ids = %s WHERE run_id = %s",
-            (subs.ids, run_id),
-        )
+        record_subscriptions(conn, run_id, subs)
 
         step(4, "relay (in this process)")
         metrics_addr = pick_metrics_addr(opts.metrics_addr)
@@ -722,10 +313,7 @@ async def demo(opts: Options) -> int:
                 f"committed (outbox #{outbox_id})"
             )
             await asyncio.sleep(PACE_SECONDS)
-        conn.execute(
-            "UPDATE relay_demo.runs SET outbox_ids = %s WHERE run_id = %s",
-            (run.outbox_ids, run_id),
-        )
+        record_outbox_ids(conn, run_id, run.outbox_ids)
 
         step(6, f"waiting for {EXPECTED_DELIVERIES} deliveries (timeout {opts.timeout:g} s)")
         finished = await wait_delivered(run, task, opts.timeout)
@@ -735,7 +323,7 @@ async def demo(opts: Options) -> int:
         say(f"  all {len(rows)} delivered ({retried} after a retry)")
 
         step(7, "summary")
-        await asyncio.to_thread(summary, run, rows)
+        await asyncio.to_thread(summary, conn, rows)
         say()
         say(f"from {metrics_url}:")
         for line in await scrape_metrics(metrics_url, EXPECTED_DELIVERIES):
@@ -746,10 +334,7 @@ async def demo(opts: Options) -> int:
             f"({len(rows) / elapsed:.1f}/s, including the {BACKOFF_MS / 1000:g} s retry backoff "
             f"and {PACE_SECONDS:g} s between app transactions)"
         )
-        conn.execute(
-            "UPDATE relay_demo.runs SET finished_at = now(), ok = true WHERE run_id = %s",
-            (run_id,),
-        )
+        record_success(conn, run_id)
     finally:
         code = await stop(relay_obj, task)
         await receiver.stop()
@@ -763,16 +348,6 @@ async def demo(opts: Options) -> int:
     hint = "" if embedded else " (with --database-url or RELAY_DATABASE_URL as here)"
     say(f"look around: relay delivery list, relay delivery show ID, relay status{hint}")
     return 0
-
-
-def disable_subscriptions(conn: Conn, run: Run) -> None:
-    """Disable this run's subscriptions: their receiver is gone (the next run removes them)."""
-    if run.subs is None or conn.closed:
-        return
-    for sub_id in run.subs.ids:
-        admin.set_enabled(conn, sub_id, False)
-    ids = ", ".join(f"#{i}" for i in run.subs.ids)
-    say(f"subscriptions {ids} disabled: their receiver is gone (the next demo run removes them)")
 
 
 async def stop(relay_obj: Relay | None, task: asyncio.Task[int] | None) -> int:
@@ -798,8 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 2
-    global _T0
-    _T0 = time.monotonic()
+    start_clock()
     try:
         with relay_logging(opts.verbose):
             return asyncio.run(demo(opts))
