@@ -2,11 +2,12 @@
 
 Tasks (all in one asyncio loop):
 - :class:`~relay.listener.Listener`: LISTEN for wake-ups, reconnecting with backoff;
-- dispatcher: fans undispatched outbox rows out into deliveries;
-- deliverer: claims due deliveries while it has free slots, one task per HTTP attempt;
-- :class:`Acker`: writes attempt outcomes in batches (one statement per batch);
-- housekeeping: heartbeat, shared gauges, systemd watchdog;
-- the HTTP server for /metrics, /healthz and /readyz.
+- :class:`~relay.dispatcher.Dispatcher`: fans undispatched outbox rows out into deliveries;
+- :class:`~relay.deliverer.Deliverer`: claims due deliveries while there are free slots;
+- :class:`~relay.attempts.Attempts`: one task per HTTP attempt for the jobs both lease;
+- :class:`~relay.acker.Acker`: writes attempt outcomes in batches (one statement per batch);
+- housekeeping: heartbeat, shared gauges, lapsed ready jobs, the vacuum fallback;
+- the systemd watchdog, and the HTTP server for /metrics, /healthz and /readyz.
 
 Every DB failure in a loop is logged, reported on /readyz and retried with backoff: a
 database outage never crashes the service into a restart loop.
@@ -18,24 +19,24 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.acker import Acker, Backoff
-from relay.claimsize import ClaimSizer
+from relay.attempts import Attempts, wait_for_event
 from relay.config import Config
-from relay.deliver import HttpSender, decide
+from relay.deliver import HttpSender
+from relay.deliverer import Deliverer
+from relay.dispatcher import Dispatcher
 from relay.errors import ConfigError, DatabaseError
 from relay.health import Health
 from relay.listener import Listener
-from relay.metrics import Metrics, status_class
+from relay.metrics import Metrics
 from relay.netpolicy import parse_allowed_networks
 from relay.queries import expected_schema_version
-from relay.slots import Slots, lease_length
-from relay.store import Job, Store
+from relay.store import Store
 from relay.systemd import SystemdNotifier, watchdog_interval
 
 log = logging.getLogger("relay.daemon")
@@ -46,12 +47,6 @@ SCHEMA_WAIT_INTERVAL = 2.0
 VACUUM_CHECK_SECONDS = 30.0
 VACUUM_MIN_DEAD = 50_000
 VACUUM_MIN_INTERVAL = 60.0
-# How long the deliverer waits for freed slots to claim several rows in one statement.
-CLAIM_GATHER_SECONDS = 0.005
-# Weight of the latest dispatch in the deliveries-per-event estimate that sizes fan-outs.
-FANOUT_SMOOTHING = 0.3
-# How late the deliverer may wake for a retry, so retries falling due together share a claim.
-RETRY_COALESCE_SECONDS = 0.05
 # Python's cycle collector: young-generation threshold and the two older ones (see _tune_gc).
 GC_THRESHOLD = (10_000, 10, 10)
 
@@ -67,62 +62,43 @@ class Relay:
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
-        self.acker = Acker(self.store, self.metrics, on_retry=self._retry_scheduled)
-        self.claim_sizer = ClaimSizer()
+        self.stopping = asyncio.Event()
+        # The parts call each other back through these lambdas: each is built before the
+        # next, and the deliverer (last) is the one most of them wake.
+        self.acker = Acker(
+            self.store, self.metrics, on_retry=lambda delays: self.deliverer.retry_scheduled(delays)
+        )
+        self.attempts = Attempts(
+            config,
+            self.store,
+            self.sender,
+            self.metrics,
+            self.stopping,
+            on_outcome=self.acker.put,
+            on_released=lambda: self.deliverer.work_arrived(),
+            on_finished=lambda subscription_id: self.deliverer.attempt_finished(subscription_id),
+        )
+        self.dispatcher = Dispatcher(
+            config,
+            self.store,
+            self.metrics,
+            self.attempts,
+            self.stopping,
+            on_unleased=lambda: self.deliverer.work_arrived(),
+        )
+        self.deliverer = Deliverer(config, self.store, self.metrics, self.attempts, self.stopping)
         self.listener = Listener(url, self._on_notify) if config.listen else None
         self.health = Health(self)
         self.notifier = SystemdNotifier()
-        self.stopping = asyncio.Event()
-        self.outbox_wake = asyncio.Event()
-        self.deliver_wake = asyncio.Event()
-        self.slot_free = asyncio.Event()
-        self.slots = Slots(
-            config.concurrency,
-            config.effective_subscription_concurrency,
-            config.effective_prefetch,
-        )
-        self.in_flight: dict[asyncio.Task[None], Job] = {}
-        self.releasing: set[asyncio.Task[None]] = set()  # background releases of lapsing jobs
-        self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
-        self.reserved = 0  # slots promised to a dispatch in progress
-        self.outbox_backlog = False  # the last dispatch was full: more events are waiting
-        self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
-        # Enabled subscriptions (refreshed with the gauges); until known, assume many.
-        self.subscriptions_active = 1 << 30
-        self.new_work = True  # something may have become due since the last claim
-        self.deliver_sleeps_until: float | None = None  # monotonic end of its timed sleep
-        self.fruitless: frozenset[int] | None = None  # exclusions of a claim that found none
         self.last_vacuum_check = time.monotonic()
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
-    # -- wake-ups ------------------------------------------------------------------------------
-    def deliver_wake_set(self) -> None:
-        """Deliveries of unknown number may be due (NOTIFY, unleased fan-out, rows released):
-        wake the deliverer, and let its next claim take the whole room."""
-        self.claim_sizer.unknown_work()
-        self._wake_deliverer()
-
-    def _wake_deliverer(self) -> None:
-        self.new_work = True
-        self.deliver_wake.set()
-
-    def _retry_scheduled(self, delays: list[float]) -> None:
-        """Retries fall due in ``delays`` s: count them for sizing claims, and wake the
-        deliverer unless it already sleeps only until before the first (waking it for every
-        failed attempt would cost a claim each)."""
-        now = time.monotonic()
-        self.claim_sizer.retries_scheduled(now, delays)
-        until = self.deliver_sleeps_until
-        if until is not None and until <= now + min(delays):
-            return
-        self._wake_deliverer()  # the sizer knows these: no whole-room claim
-
     def _on_notify(self, channel: str) -> None:
         if channel == "relay_outbox":
-            self.outbox_wake.set()
+            self.dispatcher.wake.set()
         else:
-            self.deliver_wake_set()
+            self.deliverer.work_arrived()
 
     def _toggle_debug(self) -> None:
         from relay.logs import toggle_debug
@@ -134,22 +110,18 @@ class Relay:
             log.info("stopping: no new claims; draining in-flight deliveries")
             self.notifier.stopping()
             self.stopping.set()
-            self.outbox_wake.set()
-            self.deliver_wake.set()
-            self.slot_free.set()
-
-    async def _sleep_or_wake(self, event: asyncio.Event, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            self.dispatcher.wake.set()
+            self.deliverer.wake.set()
+            self.attempts.slot_free.set()
 
     async def _guarded(
-        self, name: str, step: Callable[[], Awaitable[float | None]], *, cancellable: bool = True
+        self, name: str, step: Callable[[], Awaitable[None]], *, cancellable: bool = True
     ) -> None:
         """Run ``step`` until stopping, backing off on errors.
 
         A cancellable step is abandoned as soon as a stop comes (no waiting out a database
-        timeout). The deliverer's is not: cancelling a claim whose statement had committed
-        would strand its rows until their lease expires.
+        timeout). The dispatcher's and deliverer's are not: cancelling a statement that had
+        committed would strand the rows it leased until their lease expires.
         """
         backoff = Backoff()
         while not self.stopping.is_set():
@@ -163,311 +135,12 @@ class Relay:
                 delay = backoff.failed()
                 log.warning("%s: database error, retrying in %.1fs: %s", name, delay, exc)
                 self.metrics.db_up.labels("pool").set(0)
-                await self._sleep_or_wake(self.stopping, delay)
+                await wait_for_event(self.stopping, delay)
             except Exception:
                 # A bug must not silently stop a loop: log it loudly and keep going.
                 delay = backoff.failed()
                 log.exception("%s: unexpected error, retrying in %.1fs", name, delay)
-                await self._sleep_or_wake(self.stopping, delay)
-
-    # -- dispatcher ----------------------------------------------------------------------------
-    async def _dispatch_step(self) -> float | None:
-        self.outbox_wake.clear()  # before the query: a NOTIFY during it is not lost
-        room = await self._gather_room() if self.outbox_backlog else self._lease_room()
-        if room > 0:
-            # Fan out only as many events as this relay can start now, and lease their
-            # deliveries to itself in the same statement: a backlog then waits in the outbox
-            # and each delivery is written twice (inserted leased, acked), not three times.
-            # An event matching several subscriptions takes several slots: size the batch by
-            # the recent fan-out so its deliveries are leased too, not left to a claim.
-            events = max(1, math.ceil(room / self.fanout_estimate))
-            limit, lease = min(events, self.config.dispatch_batch), room
-        elif self._free_slots() > 0 and self._others_may_match():
-            # A subscription is at its cap, but the next events may be for others: fan out a
-            # full batch unleased; the deliverer claims around the saturated subscriptions.
-            limit, lease = self.config.dispatch_batch, 0
-        else:
-            self.slot_free.clear()
-            await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
-            return None
-        self.reserved += lease
-        leased_at = time.monotonic()
-        try:
-            dispatched, created, jobs = await self.store.dispatch(
-                limit, lease, self.config.lease_seconds
-            )
-            self.metrics.db_up.labels("pool").set(1)
-            if dispatched:
-                self.metrics.claims.labels("outbox").inc()
-                self.metrics.claimed.labels("outbox").inc(dispatched)
-                self.metrics.fanout.inc(created)
-                # deliveries per event, smoothed (an event matching none counts as one)
-                sample = max(1.0, created / dispatched)
-                self.fanout_estimate += FANOUT_SMOOTHING * (sample - self.fanout_estimate)
-            if jobs:
-                self.metrics.claimed.labels("delivery").inc(len(jobs))
-                # Still reserved until the jobs are in in_flight: a claim in between must
-                # not see the slots as free.
-                await self._start(jobs, leased_at)
-        finally:
-            self.reserved -= lease
-            self.slot_free.set()
-        if created > len(jobs):
-            self.deliver_wake_set()
-        self.outbox_backlog = dispatched == limit
-        if not self.outbox_backlog:
-            await self._sleep_or_wake(self.outbox_wake, self.config.poll_interval)
-        return None
-
-    def _room(self, *, skip_saturated: bool) -> int:
-        """Deliveries one statement may lease now: bounded by the free slots, the claim batch
-        and the room the busiest subscription has left under its cap, so a lease never has to
-        be given back for exceeding a cap. Reserved slots (a statement in progress) count
-        against that room: they may all be the busiest subscription's.
-
-        A claim skips saturated subscriptions (``skip_saturated``), so only the others bound
-        it; a dispatch cannot know which subscriptions the next events match, so all do.
-        """
-        room = min(self._free_slots(), self.config.claim_batch)
-        if self.slots.capped:
-            busiest = self.slots.busiest(skip_saturated=skip_saturated)
-            room = min(room, self.slots.subscription_hold_limit - busiest - self.reserved)
-        return max(0, room)
-
-    def _lease_room(self) -> int:
-        return self._room(skip_saturated=False)
-
-    def _claim_room(self) -> int:
-        return self._room(skip_saturated=True)
-
-    async def _gather_room(self) -> int:
-        """Wait for freed slots until one statement can lease a few (bounded: a gap of
-        CLAIM_GATHER_SECONDS without a freed slot ends it), and return the room."""
-        room = self._lease_room()
-        while room < self._claim_low_water() and not self.stopping.is_set():
-            if not await self._gather_slots():
-                break
-            room = self._lease_room()
-        return self._lease_room()  # the deliverer may have changed it meanwhile
-
-    async def _gather_slots(self) -> bool:
-        """Wait briefly for a slot to free; whether one did."""
-        self.slot_free.clear()
-        try:
-            await asyncio.wait_for(self.slot_free.wait(), CLAIM_GATHER_SECONDS)
-        except TimeoutError:
-            return False
-        return True
-
-    def _others_may_match(self) -> bool:
-        """Whether the lack of room is a saturated subscription's while others exist (if only
-        saturated ones exist, fanning out more events now would only queue deliveries nobody
-        can start; if none is saturated, the room is promised to a claim in progress)."""
-        saturated = self.slots.saturated()
-        return 0 < len(saturated) < self.subscriptions_active
-
-    def _free_slots(self) -> int:
-        """Deliveries this relay may still lease: request slots plus prefetch, less those
-        held (in flight or ready) and those promised to a statement in progress."""
-        return self.slots.hold_limit - self.slots.held - self.reserved
-
-    async def _start(self, jobs: list[Job], leased_at: float) -> None:
-        """Hold newly leased jobs (leased by a statement sent at ``leased_at``, monotonic),
-        and start those that have a slot."""
-        lease = self.config.lease_seconds
-        deadlines = [leased_at + lease_length(lease, job.timeout_ms) for job in jobs]
-        # Admitted first, so the counts are right while the release below awaits.
-        overflow = self.slots.admit(jobs, deadlines)
-        self._start_ready()
-        if overflow:
-            # One claim can overshoot a subscription's cap; give the excess straight back
-            # (due now, for any relay) rather than let it queue behind a slow endpoint.
-            await self.store.release([(j.id, j.token) for j in overflow])
-            self.deliver_wake_set()
-
-    # -- deliverer -----------------------------------------------------------------------------
-    async def _deliver_step(self) -> float | None:
-        free = self._free_slots()
-        if free <= 0:
-            self.slot_free.clear()
-            await self.slot_free.wait()
-            return None
-        saturated = self.slots.saturated()
-        exclusions = frozenset(saturated)
-        if exclusions and exclusions == self.fruitless and not self.new_work:
-            # The last claim that skipped these saturated subscriptions found nothing else
-            # due; running it again would walk their whole backlog for nothing. Wait for new
-            # work, or for one of them to free a slot (the exclusions then change).
-            self.deliver_wake.clear()
-            await self._sleep_or_wake(self.deliver_wake, self.config.poll_interval)
-            if not self.deliver_wake.is_set():
-                self.fruitless = None  # a poll: look once more
-                self.claim_sizer.unknown_work()
-            return None
-        room = self._claim_room()
-        if room <= 0 or (saturated and len(saturated) >= self.subscriptions_active):
-            # Slots promised to a statement in progress may all go to one subscription; or
-            # every subscription is at its cap, and a claim skipping them all finds nothing.
-            self.slot_free.clear()
-            await self._sleep_or_wake(self.slot_free, self.config.poll_interval)
-            return None
-        # Reserve what is known to be due, not the whole room: the dispatcher needs the rest
-        # while the claim runs (relay/claimsize.py).
-        target = self.claim_sizer.target(
-            time.monotonic(), self.config.claim_batch, self._claim_low_water()
-        )
-        want = min(room, target)
-        if want < self._claim_low_water():
-            # Work is waiting: gather a few freed slots before the next claim instead of
-            # paying one claim statement per finished request (the index scan of a claim
-            # costs about the same for 1 row as for 20). Bounded by 5 ms gaps, so latency
-            # stays low.
-            while (
-                not self.stopping.is_set()
-                and self._claim_room() < self._claim_low_water()
-                and await self._gather_slots()
-            ):
-                pass
-            want = min(self._claim_room(), target)
-            if want <= 0:
-                return None
-            saturated = self.slots.saturated()
-            exclusions = frozenset(saturated)
-        claimed = await self._claim(want, saturated, exclusions)
-        if claimed < want:
-            await self._sleep_until_due(exclusions)
-        return None
-
-    async def _claim(self, want: int, saturated: list[int], exclusions: frozenset[int]) -> int:
-        """Claim up to ``want`` due deliveries (skipping ``saturated``), start them, and
-        return how many came back."""
-        self.deliver_wake.clear()
-        self.new_work = False
-        # Marked before the statement: an excluded subscription's slot that frees while the
-        # claim runs must wake the deliverer again (see _attempt_done).
-        self.fruitless = exclusions or None
-        # Reserved until the jobs are in in_flight, like a dispatch's leases: the dispatcher
-        # must not hand the same slots (or the same subscription's room) out meanwhile.
-        self.reserved += want
-        try:
-            leased_at = time.monotonic()
-            jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
-            self.fruitless = exclusions if exclusions and len(jobs) < want else None
-            self.metrics.db_up.labels("pool").set(1)
-            self.metrics.claims.labels("delivery").inc()
-            if jobs:
-                self.metrics.claimed.labels("delivery").inc(len(jobs))
-            claimed = len(jobs)
-            self.claim_sizer.claimed(want, claimed)
-            await self._start(jobs, leased_at)
-        finally:
-            self.reserved -= want
-            self.slot_free.set()
-        return claimed
-
-    async def _sleep_until_due(self, exclusions: frozenset[int]) -> None:
-        """Drained what is due: sleep until the next retry falls due, a wake-up, or a poll."""
-        wait = self.config.poll_interval
-        if exclusions:
-            # The next-due query would walk the saturated subscriptions' rows too; look
-            # again soon instead (a retry of another subscription may wait up to 1 s).
-            wait = min(wait, 1.0)
-        else:
-            until = await self.store.seconds_until_due()
-            if until is not None:
-                # A little after the next due time, so one claim takes the retries that
-                # fall due close together (a retry is never early, at most this late).
-                wait = min(wait, until + RETRY_COALESCE_SECONDS) if until > 0 else 0.0
-        if wait > 0:
-            self.deliver_sleeps_until = time.monotonic() + wait
-            try:
-                await self._sleep_or_wake(self.deliver_wake, wait)
-            finally:
-                self.deliver_sleeps_until = None
-
-    def _claim_low_water(self) -> int:
-        """Free slots worth a claim statement while a backlog waits."""
-        cap = min(self.config.claim_batch, self.slots.subscription_hold_limit)
-        return max(1, cap // 4)
-
-    def _was_saturated(self, subscription_id: int) -> bool:
-        """Whether the subscription held all it may before one of its attempts finished."""
-        if not self.slots.capped:
-            return False
-        return self.slots.held_by(subscription_id) + 1 >= self.slots.subscription_hold_limit
-
-    def _start_ready(self) -> None:
-        """Start an attempt task for each ready job that has a slot (none once stopping:
-        the ready ones are released instead)."""
-        if self.stopping.is_set():
-            self.metrics.in_flight.set(self.slots.running)
-            return
-        start, lapsing = self.slots.pop_startable(time.monotonic())
-        loop = self.loop
-        if loop is None:
-            # Kept: asyncio.create_task() looks the loop up per call (on Python 3.11 with a
-            # getpid() system call each time).
-            loop = self.loop = asyncio.get_running_loop()
-        for job in start:
-            task = loop.create_task(self._attempt(job), name=f"delivery-{job.id}")
-            self.in_flight[task] = job
-            task.add_done_callback(self._attempt_done)
-        self.metrics.in_flight.set(self.slots.running)
-        self.metrics.ready.set(self.slots.ready)
-        if lapsing:
-            self._release_in_background(lapsing, "ready (lease too short to start)")
-
-    def _release_in_background(self, jobs: list[Job], why: str) -> None:
-        """Give held jobs back without waiting for it here, then wake the loops."""
-
-        async def release() -> None:
-            await self._release(jobs, why)
-            self.slot_free.set()
-            self.deliver_wake_set()
-
-        task = asyncio.create_task(release(), name="release")
-        self.releasing.add(task)
-        task.add_done_callback(self.releasing.discard)
-        self.metrics.ready.set(self.slots.ready)
-
-    async def _release(self, jobs: list[Job], what: str) -> None:
-        """Give leased jobs back: due now, for any relay (a failure leaves them to their
-        lease's expiry, which is logged)."""
-        try:
-            released = await self.store.release([(j.id, j.token) for j in jobs])
-            log.info("released %d %s deliveries for other relays", released, what)
-        except DatabaseError as exc:
-            log.warning(
-                "could not release %d %s deliveries (lease will expire): %s", len(jobs), what, exc
-            )
-
-    def _attempt_done(self, task: asyncio.Task[None]) -> None:
-        job = self.in_flight.pop(task, None)
-        if job is not None:
-            self.slots.finished(job.subscription_id)
-            if (
-                self.fruitless is not None
-                and job.subscription_id in self.fruitless
-                and self._was_saturated(job.subscription_id)
-            ):
-                # The last claim skipped this subscription's due rows (and the next-due time
-                # ignored them): now that it has room, look again.
-                self.deliver_wake.set()
-        self._start_ready()
-        self.slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task crashed", exc_info=task.exception())
-
-    async def _attempt(self, job: Job) -> None:
-        result = await self.sender.attempt(job)
-        ack = decide(job, result)
-        self.metrics.attempt_made(
-            status_class(result.status_code, result.error_kind),
-            job.subscription_id,
-            result.ok,
-            result.duration_ms / 1000.0,
-        )
-        self.acker.put(job, ack)
+                await wait_for_event(self.stopping, delay)
 
     # -- housekeeping --------------------------------------------------------------------------
     async def _refresh_gauges(self) -> None:
@@ -479,31 +152,27 @@ class Relay:
         m.dead.set(stats.deliveries_dead)
         m.oldest_pending_age.set(stats.oldest_pending_age)
         m.relays_seen.set(stats.relays_seen)
-        self.subscriptions_active = stats.subscriptions_active
+        self.attempts.subscriptions_active = stats.subscriptions_active
         m.db_up.labels("pool").set(1)
 
-    async def _housekeeping_step(self) -> float | None:
+    async def _housekeeping_step(self) -> None:
         self.last_loop_tick = time.monotonic()
         await self._refresh_gauges()
         now = time.monotonic()
-        lapsing = self.slots.expired(now)
-        if lapsing:
-            # Ready jobs behind a slow endpoint whose lease ran short: another relay (or this
-            # one, later) may take them while they still can be sent safely.
-            self._release_in_background(lapsing, "ready (lease ran short while waiting)")
+        self.attempts.release_expired(now)
         if self.config.vacuum and now - self.last_vacuum_check >= VACUUM_CHECK_SECONDS:
             self.last_vacuum_check = now
             vacuumed = await self.store.vacuum_if_needed(VACUUM_MIN_DEAD, VACUUM_MIN_INTERVAL)
             if vacuumed:
                 log.info("vacuumed %s (dead rows piled up)", ", ".join(vacuumed))
-        await self._sleep_or_wake(self.stopping, self.config.gauge_interval)
+        await wait_for_event(self.stopping, self.config.gauge_interval)
         return None
 
     async def _watchdog(self, interval: float) -> None:
         while not self.stopping.is_set():
             if self.health.alive():
                 self.notifier.watchdog()
-            await self._sleep_or_wake(self.stopping, interval)
+            await wait_for_event(self.stopping, interval)
 
     async def _ticker(self) -> None:
         # Proves the event loop itself is not blocked (for /healthz).
@@ -511,7 +180,7 @@ class Relay:
             self.last_loop_tick = time.monotonic()
             if self.listener is not None:
                 self.metrics.db_up.labels("listener").set(1 if self.listener.connected else 0)
-            await self._sleep_or_wake(self.stopping, 1.0)
+            await wait_for_event(self.stopping, 1.0)
 
     async def _wait_for_schema(self) -> None:
         expected = expected_schema_version()
@@ -531,7 +200,7 @@ class Relay:
             except DatabaseError as exc:
                 self.metrics.db_up.labels("pool").set(0)
                 log.warning("database not reachable yet: %s", exc)
-            await self._sleep_or_wake(self.stopping, backoff.failed())
+            await wait_for_event(self.stopping, backoff.failed())
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self, *, install_signals: bool = True) -> int:
@@ -579,9 +248,9 @@ class Relay:
         workers = [
             # not cancellable: a dispatch leases rows to this relay (see _guarded)
             asyncio.create_task(
-                self._guarded("dispatcher", self._dispatch_step, cancellable=False)
+                self._guarded("dispatcher", self.dispatcher.step, cancellable=False)
             ),
-            asyncio.create_task(self._guarded("deliverer", self._deliver_step, cancellable=False)),
+            asyncio.create_task(self._guarded("deliverer", self.deliverer.step, cancellable=False)),
             asyncio.create_task(self._guarded("housekeeping", self._housekeeping_step)),
         ]
         if self.listener is not None:
@@ -591,7 +260,7 @@ class Relay:
             log.info("relay %s ready", self.relay_id)
         await self.stopping.wait()
         await asyncio.gather(*workers, return_exceptions=True)
-        await self._drain()
+        await self.attempts.drain()
         await self.acker.close(self.config.drain_timeout)
         acker.cancel()
         for task in background:
@@ -613,25 +282,6 @@ class Relay:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _drain(self) -> None:
-        """Release the ready jobs at once; let in-flight attempts finish within the drain
-        timeout; release the rest."""
-        ready = self.slots.take_ready()
-        self.metrics.ready.set(0)
-        if ready:
-            await self._release(ready, "ready")
-        await asyncio.gather(*self.releasing, return_exceptions=True)
-        if not self.in_flight:
-            return
-        _, still = await asyncio.wait(list(self.in_flight), timeout=self.config.drain_timeout)
-        if not still:
-            return
-        leftovers = [self.in_flight[t] for t in still]
-        for task in still:
-            task.cancel()
-        await asyncio.gather(*still, return_exceptions=True)
-        await self._release(leftovers, "unfinished")
 
 
 def main(config: Config) -> int:

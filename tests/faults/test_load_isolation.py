@@ -84,7 +84,7 @@ async def test_hanging_endpoint_does_not_slow_a_healthy_one(
         peak = [0]
 
         def sample() -> None:
-            busy = sum(1 for j in relay.in_flight.values() if j.subscription_id == hang_id)
+            busy = sum(1 for j in relay.attempts.in_flight.values() if j.subscription_id == hang_id)
             peak[0] = max(peak[0], busy)
 
         claims_before = _claims(relay)
@@ -171,8 +171,8 @@ async def test_caps_hold_when_dispatch_and_claim_race(
         loop = asyncio.get_running_loop()
         end = loop.time() + 3.0
         while loop.time() < end:
-            peak_total = max(peak_total, len(relay.in_flight))
-            per_sub = Counter(job.subscription_id for job in relay.in_flight.values())
+            peak_total = max(peak_total, len(relay.attempts.in_flight))
+            per_sub = Counter(job.subscription_id for job in relay.attempts.in_flight.values())
             peak_sub = max(peak_sub, max(per_sub.values(), default=0))
             await asyncio.sleep(0.01)
         requests = len(receiver.requests)

@@ -104,9 +104,9 @@ async def test_a_scheduled_retry_wakes_the_deliverer_only_if_it_would_sleep_past
     database_url: str,
 ) -> None:
     async with running_relay(database_url) as relay:
-        relay.deliver_wake.clear()
-        relay.deliver_sleeps_until = time.monotonic() + 0.5
-        relay._retry_scheduled([5.0])  # due after the planned wake-up: no need to wake
-        assert not relay.deliver_wake.is_set()
-        relay._retry_scheduled([0.1])  # due before it: wake to re-read the next due time
-        assert relay.deliver_wake.is_set()
+        relay.deliverer.wake.clear()
+        relay.deliverer.sleeps_until = time.monotonic() + 0.5
+        relay.deliverer.retry_scheduled([5.0])  # due after the planned wake-up: no need to wake
+        assert not relay.deliverer.wake.is_set()
+        relay.deliverer.retry_scheduled([0.1])  # due before it: wake to re-read the next due time
+        assert relay.deliverer.wake.is_set()

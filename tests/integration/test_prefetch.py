@@ -49,9 +49,9 @@ async def test_prefetched_deliveries_start_as_slots_free_within_the_caps(
             database_url, concurrency=concurrency, subscription_concurrency=concurrency, prefetch=4
         ) as relay:
             while len(rx.requests) < n:
-                peak_running = max(peak_running, len(relay.in_flight))
-                peak_ready = max(peak_ready, relay.slots.ready)
-                peak_held = max(peak_held, relay.slots.held)
+                peak_running = max(peak_running, len(relay.attempts.in_flight))
+                peak_ready = max(peak_ready, relay.attempts.slots.ready)
+                peak_held = max(peak_held, relay.attempts.slots.held)
                 peak_leased = max(peak_leased, _leased(conn))
                 await asyncio.sleep(0.005)
             await wait_until(lambda: _leased(conn) == 0)
@@ -79,7 +79,7 @@ async def test_stopping_releases_ready_deliveries_without_sending_them(
             drain_timeout=1.0,
         ) as relay:
             await rx.wait_for(3, timeout=10)
-            await wait_until(lambda: relay.slots.ready == 3)
+            await wait_until(lambda: relay.attempts.slots.ready == 3)
             assert _leased(conn) == 6
         assert len(rx.requests) == 3, "a ready delivery was sent"
     rows = conn.execute(

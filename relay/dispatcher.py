@@ -1,0 +1,95 @@
+"""The dispatcher: fans undispatched outbox rows out into deliveries.
+
+One statement (``relay.dispatch_outbox``) marks a batch of outbox rows dispatched, inserts a
+delivery for every subscription each matches, and leases the first of them to this relay, as
+many as it can start now: a backlog waits in the outbox, and a delivery is written twice
+(inserted leased, then acked), not three times. Deliveries it could not lease are due now for
+any relay's deliverer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+from relay.attempts import Attempts, wait_for_event
+from relay.config import Config
+from relay.metrics import Metrics
+from relay.store import Store
+
+# Weight of the latest dispatch in the deliveries-per-event estimate that sizes fan-outs.
+FANOUT_SMOOTHING = 0.3
+
+
+class Dispatcher:
+    """Runs dispatch statements while the outbox has rows and this relay has room.
+
+    ``wake`` is set by a NOTIFY on ``relay_outbox``; ``on_unleased()`` is called when a
+    dispatch created deliveries it did not lease (the deliverer's to claim).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        attempts: Attempts,
+        stopping: asyncio.Event,
+        *,
+        on_unleased: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.attempts = attempts
+        self.stopping = stopping
+        self.on_unleased = on_unleased
+        self.wake = asyncio.Event()
+        self.backlog = False  # the last dispatch was full: more events are waiting
+        self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
+
+    async def step(self) -> None:
+        """One dispatch statement, or one wait for room or for new events."""
+        self.wake.clear()  # before the query: a NOTIFY during it is not lost
+        attempts = self.attempts
+        room = await attempts.gather(attempts.lease_room) if self.backlog else attempts.lease_room()
+        if room > 0:
+            # Fan out only as many events as this relay can start now, and lease their
+            # deliveries to itself in the same statement. An event matching several
+            # subscriptions takes several slots: size the batch by the recent fan-out so its
+            # deliveries are leased too, not left to a claim.
+            events = max(1, math.ceil(room / self.fanout_estimate))
+            limit, lease = min(events, self.config.dispatch_batch), room
+        elif attempts.free_slots() > 0 and attempts.others_may_match():
+            # A subscription is at its cap, but the next events may be for others: fan out a
+            # full batch unleased; the deliverer claims around the saturated subscriptions.
+            limit, lease = self.config.dispatch_batch, 0
+        else:
+            attempts.slot_free.clear()
+            await wait_for_event(attempts.slot_free, self.config.poll_interval)
+            return
+        with attempts.reserving(lease):
+            leased_at = time.monotonic()
+            dispatched, created, jobs = await self.store.dispatch(
+                limit, lease, self.config.lease_seconds
+            )
+            self.metrics.db_up.labels("pool").set(1)
+            if dispatched:
+                self.metrics.claims.labels("outbox").inc()
+                self.metrics.claimed.labels("outbox").inc(dispatched)
+                self.metrics.fanout.inc(created)
+                # deliveries per event, smoothed (an event matching none counts as one)
+                sample = max(1.0, created / dispatched)
+                self.fanout_estimate += FANOUT_SMOOTHING * (sample - self.fanout_estimate)
+            if jobs:
+                self.metrics.claimed.labels("delivery").inc(len(jobs))
+                # Still reserved until the jobs are held: a claim in between must not see
+                # the slots as free.
+                await attempts.start(jobs, leased_at)
+        if created > len(jobs):
+            self.on_unleased()
+        self.backlog = dispatched == limit
+        if not self.backlog:
+            await wait_for_event(self.wake, self.config.poll_interval)
