@@ -10,7 +10,8 @@ delivered. Dispatch and ack run on two connections, so the CPU time of each back
 (``/proc/PID/stat``) is each statement's own. ``--analyze-empty`` runs ``VACUUM ANALYZE`` on
 relay's tables while they are still empty, as after an install: the statistics state in
 which planner-chosen plans went wrong (migration 0003). ``--payload-bytes`` pads each
-payload with a string of that many characters. The database is dropped at the end.
+payload with a string of that many characters (hex digits, compressing about as badly as
+real JSON does). The database is dropped at the end.
 
 A quick, low-noise way to compare SQL changes: run it from two checkouts in turn.
 """
@@ -55,9 +56,11 @@ def _setup(url: str, events: int, analyze_empty: bool, pad: int) -> None:
         conn.execute(
             "INSERT INTO relay.outbox (event_type, payload)"
             " SELECT 'order.created',"
-            "        jsonb_build_object('k', g, 't', 1732800000.123, 'pad', repeat('x', %s))"
+            "        jsonb_build_object('k', g, 't', 1732800000.123, 'pad', left("
+            "            (SELECT string_agg(md5(g || '.' || i), '')"
+            "             FROM generate_series(0, %s / 32) i), %s))"
             " FROM generate_series(1, %s) g",
-            (pad, events),
+            (pad, pad, events),
         )
         conn.execute("ANALYZE relay.outbox")
 
