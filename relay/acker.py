@@ -110,21 +110,26 @@ class Acker:
 
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()
+        # The info lines' fields are built only when they are logged (at warning, the
+        # benchmark's level, ~0.7 us per delivery for nothing).
+        info = log.isEnabledFor(logging.INFO)
         for job, ack in batch:
-            summary = attempt_summary(job, ack)
             if job.id not in accepted:
                 self.metrics.lost_leases.inc()
-                log.warning("ack ignored: lease lost to another relay", extra=summary)
+                log.warning(
+                    "ack ignored: lease lost to another relay", extra=attempt_summary(job, ack)
+                )
                 continue
             if ack.outcome == "delivered":
                 self.metrics.delivery_ended("delivered", job.event_type)
                 self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
-                log.info("delivered", extra=summary)
+                if info:
+                    log.info("delivered", extra=attempt_summary(job, ack))
             elif ack.outcome == "dead":
                 self.metrics.delivery_ended("dead", job.event_type)
-                log.warning("dead", extra=summary)
-            else:
-                log.info("retry scheduled", extra=summary)
+                log.warning("dead", extra=attempt_summary(job, ack))
+            elif info:
+                log.info("retry scheduled", extra=attempt_summary(job, ack))
 
     async def close(self, timeout: float) -> None:
         """Flush what is pending (bounded by ``timeout``) and stop."""
