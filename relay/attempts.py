@@ -123,10 +123,18 @@ class Attempts:
         costs about the same for 1 row as for 20.
         """
         while not self.stopping.is_set() and room() < self.low_water():
-            self.slot_free.clear()
-            if not await wait_for_event(self.slot_free, CLAIM_GATHER_SECONDS):
+            if not await self.wait_for_slot(CLAIM_GATHER_SECONDS):
                 break
         return room()  # the other statement may have changed it meanwhile
+
+    async def wait_for_slot(self, timeout: float | None) -> bool:
+        """Wait until a slot frees or reserved room comes back (at most ``timeout`` s, if
+        given); whether one did."""
+        self.slot_free.clear()
+        if timeout is None:
+            await self.slot_free.wait()
+            return True
+        return await wait_for_event(self.slot_free, timeout)
 
     @contextlib.contextmanager
     def reserving(self, n: int) -> Iterator[None]:

@@ -82,8 +82,7 @@ class Deliverer:
         """One claim statement, or one wait for room or for due work."""
         attempts = self.attempts
         if attempts.free_slots() <= 0:
-            attempts.slot_free.clear()
-            await attempts.slot_free.wait()
+            await attempts.wait_for_slot(None)
             return
         saturated = attempts.slots.saturated()
         exclusions = frozenset(saturated)
@@ -101,8 +100,7 @@ class Deliverer:
         if room <= 0 or (saturated and len(saturated) >= attempts.subscriptions_active):
             # Slots promised to a statement in progress may all go to one subscription; or
             # every subscription is at its cap, and a claim skipping them all finds nothing.
-            attempts.slot_free.clear()
-            await wait_for_event(attempts.slot_free, self.config.poll_interval)
+            await attempts.wait_for_slot(self.config.poll_interval)
             return
         # Reserve what is known to be due, not the whole room: the dispatcher needs the rest
         # while the claim runs (relay/claimsize.py).

@@ -67,8 +67,7 @@ class Dispatcher:
             # full batch unleased; the deliverer claims around the saturated subscriptions.
             limit, lease = self.config.dispatch_batch, 0
         else:
-            attempts.slot_free.clear()
-            await wait_for_event(attempts.slot_free, self.config.poll_interval)
+            await attempts.wait_for_slot(self.config.poll_interval)
             return
         with attempts.reserving(lease):
             leased_at = time.monotonic()
