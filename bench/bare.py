@@ -27,7 +27,7 @@ import aiohttp
 import psycopg
 
 import relay
-from relay.notification import build_notification, dumps
+from relay.webhook.body import build_notification, dumps
 
 CLAIM = """
 UPDATE relay.outbox o SET dispatched_at = now()

@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.receiver import read_dump
-from relay.migrate import migrate
+from relay.sql.migrate import migrate
 from tests.procs import terminate
 from tests.receiver import read_line
 

@@ -40,8 +40,8 @@ from bench.harness import (
     wal_lsn,
     xact_commits,
 )
-from relay.notification import build_notification, dumps
-from relay.queries import q
+from relay.sql import q
+from relay.webhook.body import build_notification, dumps
 
 
 @dataclass

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from relay.migrate import migrate
-from relay.store import Ack, Store
+from relay.daemon.store import Ack, Store
+from relay.sql.migrate import migrate
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.migrate import migrate
+from relay.sql.migrate import migrate
 
 pytest_plugins = ["tests.fixtures_receiver"]
 
@@ -69,7 +69,7 @@ def server_url() -> Iterator[str]:
     import pgserver
 
     datadir = tempfile.mkdtemp(prefix="relay-test-pg-")
-    server = pgserver.get_server(datadir, cleanup_mode="delete")
+    server = pgserver.get_server(datadir, cleanup_mode="delete")  # type: ignore[attr-defined]
     try:
         yield server.get_uri()
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from relay.config import Config
-from relay.daemon import Relay
+from relay.daemon.service import Relay
 
 # The event types the migrations seed (the product text's catalog).
 SEEDED_EVENT_TYPES = (

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.store import Store
+from relay.daemon.store import Store
 from tests.faults._util import (
     Conn,
     readyz,

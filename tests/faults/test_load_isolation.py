@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from relay.daemon import Relay
-from relay.store import Store
+from relay.daemon.service import Relay
+from relay.daemon.store import Store
 from tests.faults._util import Conn, report, scalar, scaled, summary_ms, wait_sync
 from tests.faults.conftest import StartRelay
 from tests.receiver import Receiver, hang, respond, start_receiver_process

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from relay.deliver import HttpSender, Prepared, Result
+from relay.webhook.sender import HttpSender, Prepared, Result
 from tests.faults._util import Conn, report, settled
 from tests.receiver import Receiver
 from tests.relayctx import add_subscription, attempts, deliveries, emit, running_relay, wait_until

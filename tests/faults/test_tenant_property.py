@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from relay.store import Store
+from relay.daemon.store import Store
 from tests.faults._util import Conn, report, scaled
 from tests.relayctx import SEEDED_EVENT_TYPES, add_subscription
 

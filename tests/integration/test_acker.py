@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-import relay.acker
-from relay.acker import Acker
+import relay.daemon.acker
+from relay.daemon.acker import Acker
+from relay.daemon.store import Ack, Job, Store
 from relay.metrics import Metrics
-from relay.store import Ack, Job, Store
 from tests.relayctx import add_subscription, emit
 
 Conn = psycopg.Connection[Any]
@@ -73,7 +73,7 @@ async def _wait_delivered(conn: Conn, n: int) -> None:
 async def test_a_lone_outcome_is_written_at_once(
     conn: Conn, acker: tuple[CountingStore, Acker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay.acker, "ACK_GATHER_SECONDS", 30.0)  # would show as a long wait
+    monkeypatch.setattr(relay.daemon.acker, "ACK_GATHER_SECONDS", 30.0)  # would show as a long wait
     store, ack = acker
     (job,) = await _leased_jobs(conn, store, 1)
     ack.put(job, _ack(job))
@@ -84,7 +84,7 @@ async def test_a_lone_outcome_is_written_at_once(
 async def test_outcomes_arriving_together_gather_into_one_statement(
     conn: Conn, acker: tuple[CountingStore, Acker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay.acker, "ACK_GATHER_SECONDS", 0.5)
+    monkeypatch.setattr(relay.daemon.acker, "ACK_GATHER_SECONDS", 0.5)
     store, ack = acker
     jobs = await _leased_jobs(conn, store, 13)
     for job in jobs[:10]:

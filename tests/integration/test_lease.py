@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from relay.queries import q
-from relay.store import JOB_COLUMNS, Ack, Job, Store
+from relay.daemon.store import JOB_COLUMNS, Ack, Job, Store
+from relay.sql import q
 from tests.relayctx import add_subscription, attempts, emit
 
 Conn = psycopg.Connection[Any]

@@ -4,8 +4,8 @@ import threading
 
 import psycopg
 
-from relay.migrate import current_version, migrate
-from relay.queries import expected_schema_version
+from relay.sql import expected_schema_version
+from relay.sql.migrate import current_version, migrate
 from tests.relayctx import SEEDED_EVENT_TYPES
 
 
@@ -42,7 +42,7 @@ def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
 async def test_vacuum_fallback_cleans_the_queue_tables(database_url: str) -> None:
     """With autovacuum off (as on CI's server), relay vacuums its own queue tables once dead
     rows pile up, so the claim's index walk does not degrade; one relay at a time."""
-    from relay.store import Store
+    from relay.daemon.store import Store
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE relay.deliveries SET (autovacuum_enabled = false)")

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay import slots
+from relay.daemon import slots
 from tests.receiver import Receiver, hang, respond
 from tests.relayctx import add_subscription, emit, running_relay, wait_until
 

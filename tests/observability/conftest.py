@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.daemon import Relay
+from relay.daemon.service import Relay
 from tests.procs import terminate
 from tests.relayctx import test_config as _test_config
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from relay.migrate import migrate
+from relay.sql.migrate import migrate
 from tests.observability.conftest import (
     RelayProc,
     Served,

@@ -4,7 +4,7 @@ relay.outbox and relay.deliveries grow without bound (delivered rows are history
 dispatcher, the deliverer and the gauge refresh must read only the small "not done yet"
 part of them, through ``outbox_undispatched`` and ``deliveries_due``/``deliveries_dead``.
 relay plans each statement once per connection (``plan_cache_mode = force_generic_plan``,
-relay/store.py), so the plans checked are the *generic* ones: what Postgres chose without
+relay/daemon/store.py), so the plans checked are the *generic* ones: what Postgres chose without
 knowing the parameter values. Run with ``-s`` to see the plans.
 """
 
@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.queries import q
+from relay.sql import q
 from tests.conftest import TEMPLATE_DB, _admin, _with_db
 
 Conn = psycopg.Connection[Any]
@@ -31,7 +31,7 @@ BIG = 200_000
 BIG_TABLES = ("outbox", "deliveries", "delivery_attempts")
 PENDING = 5
 
-# Parameters of each query, as relay/store.py passes them.
+# Parameters of each query, as relay/daemon/store.py passes them.
 PARAMS: dict[str, dict[str, Any]] = {
     "refresh_stats": {"relay_id": "plan-test", "interval": 0.0},
     "claim_deliveries": {
@@ -87,7 +87,7 @@ FUNCTION_BODIES: dict[str, tuple[str, list[str]]] = {
     "release_deliveries": ("release_deliveries", ["ids", "tokens"]),
 }
 
-# The partial indexes (sql/migrations/0001_initial.sql) each query must read.
+# The partial indexes (relay/sql/migrations/0001_initial.sql) each query must read.
 PARTIAL_INDEXES: dict[str, set[str]] = {
     "refresh_stats": {"outbox_undispatched", "deliveries_due", "deliveries_dead"},
     # its row selection is relay.claim_due(), checked by the test below

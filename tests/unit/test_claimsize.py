@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.claimsize import ClaimSizer
+from relay.daemon.claimsize import ClaimSizer
 
 
 def test_at_start_the_whole_room_is_claimed() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from relay import cli
-from relay.cli_parser import UsageError, build_parser
+from relay.cli.parser import UsageError, build_parser
 from relay.config import SETTINGS
 
 
@@ -189,11 +189,11 @@ def test_run_bad_setting_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture
 def fake_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, object]]:
     seen: dict[str, object] = {}
-    daemon = types.ModuleType("relay.daemon")
+    daemon = types.ModuleType("relay.daemon.service")
     daemon.main = lambda config: seen.setdefault("config", config) and 3  # type: ignore[attr-defined]
     demo = types.ModuleType("relay.demo")
     demo.main = lambda argv: seen.setdefault("argv", argv) and 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "relay.daemon", daemon)
+    monkeypatch.setitem(sys.modules, "relay.daemon.service", daemon)
     monkeypatch.setitem(sys.modules, "relay.demo", demo)
     yield seen
 

@@ -13,7 +13,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.netpolicy import (
+from relay.webhook.netpolicy import (
     ForbiddenAddress,
     GuardedResolver,
     check_address,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.errors import MappingError, ValidationError
-from relay.notification import (
+from relay.webhook.body import (
     BodyMap,
     build_notification,
     compile_body_map_cached,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.errors import ValidationError
-from relay.retry import (
+from relay.webhook.retry import (
     DEFAULT_BACKOFF_MS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_POLICY,

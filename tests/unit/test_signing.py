@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from relay.errors import ValidationError
-from relay.signing import (
+from relay.webhook.signing import (
     generate_secret,
     mask_secret,
     signature_header,

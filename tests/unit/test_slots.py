@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.slots import START_MARGIN, Slots, lease_length
-from relay.store import Job
+from relay.daemon.slots import START_MARGIN, Slots, lease_length
+from relay.daemon.store import Job
 
 NOW = 1000.0
 LONG = NOW + 60.0  # a lease with plenty left

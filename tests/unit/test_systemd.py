@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.systemd import SystemdNotifier, watchdog_interval
+from relay.daemon.systemd import SystemdNotifier, watchdog_interval
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relay import validation as v
+from relay.admin import validation as v
 from relay.errors import ValidationError
 
 

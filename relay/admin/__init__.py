@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay import outbox
-from relay import validation as v
-from relay.admin_common import Conn, db_errors, fetch_all, fetch_one
-from relay.admin_deliveries import (
+from relay.admin import validation as v
+from relay.admin.db import Conn, db_errors, fetch_all, fetch_one
+from relay.admin.deliveries import (
     DEFAULT_LIMIT,
     STATUSES,
     get_delivery,
@@ -26,7 +26,7 @@ from relay.admin_deliveries import (
     replay,
     replay_dead,
 )
-from relay.admin_subscriptions import (
+from relay.admin.subscriptions import (
     GENERATE,
     SubscriptionChanges,
     SubscriptionResult,

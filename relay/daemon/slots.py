@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from relay.store import Job
+from relay.daemon.store import Job
 
 # Lease a ready job must have left, beyond its request timeout, to be started.
 START_MARGIN = 2.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from relay.demo_output import say, stamp
+from relay.demo.output import say, stamp
 
 DEMO_TOKEN = "demo-token"
 

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from relay.config import Config
-from relay.deliver import HttpSender, decide
+from relay.daemon.slots import Slots, lease_length
+from relay.daemon.store import Ack, Job, Store
 from relay.errors import DatabaseError
 from relay.metrics import Metrics, status_class
-from relay.slots import Slots, lease_length
-from relay.store import Ack, Job, Store
+from relay.webhook.sender import HttpSender, decide
 
 log = logging.getLogger("relay.daemon")
 

@@ -72,7 +72,7 @@ def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: 
     """The ``webhook-signature`` value: ``v1,<b64>`` per secret, space-separated.
 
     ``timestamp`` is Unix seconds (the ``webhook-timestamp`` value); ``body`` is exactly the
-    text sent (for POST, the :func:`relay.notification.dumps` output). Raises ``ValueError``
+    text sent (for POST, the :func:`relay.webhook.body.dumps` output). Raises ``ValueError``
     when ``secrets`` is empty: an empty signature header would look signed but verify never.
     """
     if not secrets:

@@ -19,17 +19,17 @@ import aiohttp
 from yarl import URL
 
 from relay import __version__
+from relay.daemon.store import Ack, Job, Undecodable
 from relay.errors import MappingError
-from relay.netpolicy import ForbiddenAddress, GuardedResolver, check_url_host
-from relay.notification import (
+from relay.webhook.body import (
     build_notification,
     compile_body_map_cached,
     dumps,
     encode_query,
 )
-from relay.retry import RetryPolicy, delay_with_retry_after, parse_retry_after
-from relay.signing import webhook_headers
-from relay.store import Ack, Job, Undecodable
+from relay.webhook.netpolicy import ForbiddenAddress, GuardedResolver, check_url_host
+from relay.webhook.retry import RetryPolicy, delay_with_retry_after, parse_retry_after
+from relay.webhook.signing import webhook_headers
 
 USER_AGENT = f"relay/{__version__}"
 # Bytes of a response body kept in the attempt log; the rest is not even read.

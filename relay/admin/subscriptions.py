@@ -13,10 +13,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from relay import validation as v
-from relay.admin_common import Conn, db_errors, execute, fetch_all, fetch_one
+from relay.admin import validation as v
+from relay.admin.db import Conn, db_errors, execute, fetch_all, fetch_one
 from relay.errors import NotFound, ValidationError
-from relay.signing import mask_secret
+from relay.webhook.signing import mask_secret
 
 MASKED_HEADER_VALUE = "***"
 GENERATE = "generate"  # --secret generate: relay makes one and shows it once

@@ -1,6 +1,6 @@
-"""Named SQL queries and migrations, loaded once from the ``sql/`` folder.
+"""Named SQL queries and migrations, loaded once from this package's folders.
 
-Queries live in ``sql/queries/*.sql`` as blocks that start with ``-- name: <name>``
+Queries live in ``relay/sql/queries/*.sql`` as blocks that start with ``-- name: <name>``
 (the procrastinate layout): SQL stays SQL, reviewable and greppable, and Python refers to
 it by name.
 """
@@ -15,15 +15,8 @@ _NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 def sql_dir() -> Path:
-    """The folder holding ``migrations/`` and ``queries/``.
-
-    In a wheel it is packaged as ``relay/sql``; in a checkout (editable install) it is the
-    repository's top-level ``sql/``.
-    """
-    packaged = Path(__file__).parent / "sql"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "sql"
+    """The folder of ``migrations/`` and ``queries/``: this package, in a checkout or a wheel."""
+    return Path(__file__).parent
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -55,7 +48,7 @@ def q(name: str) -> str:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """``[(version, name, sql)]`` in order, from ``sql/migrations/NNNN_name.sql``."""
+    """``[(version, name, sql)]`` in order, from ``relay/sql/migrations/NNNN_name.sql``."""
     found = []
     for path in sorted((sql_dir() / "migrations").glob("*.sql")):
         number, _, name = path.stem.partition("_")

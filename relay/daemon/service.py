@@ -5,7 +5,7 @@ Tasks (all in one asyncio loop):
 - :class:`~relay.dispatcher.Dispatcher`: fans undispatched outbox rows out into deliveries;
 - :class:`~relay.deliverer.Deliverer`: claims due deliveries while there are free slots;
 - :class:`~relay.attempts.Attempts`: one task per HTTP attempt for the jobs both lease;
-- :class:`~relay.acker.Acker`: writes attempt outcomes in batches (one statement per batch);
+- :class:`~relay.daemon.acker.Acker`: writes attempt outcomes in batches (one statement per batch);
 - housekeeping: heartbeat, shared gauges, lapsed ready jobs, the vacuum fallback;
 - the systemd watchdog, and the HTTP server for /metrics, /healthz and /readyz.
 
@@ -24,20 +24,20 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from relay.acker import Acker, Backoff
-from relay.attempts import Attempts, wait_for_event
 from relay.config import Config
-from relay.deliver import HttpSender
-from relay.deliverer import Deliverer
-from relay.dispatcher import Dispatcher
+from relay.daemon.acker import Acker, Backoff
+from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.deliverer import Deliverer
+from relay.daemon.dispatcher import Dispatcher
+from relay.daemon.health import Health
+from relay.daemon.listener import Listener
+from relay.daemon.store import Store
+from relay.daemon.systemd import SystemdNotifier, watchdog_interval
 from relay.errors import ConfigError, DatabaseError
-from relay.health import Health
-from relay.listener import Listener
 from relay.metrics import Metrics
-from relay.netpolicy import parse_allowed_networks
-from relay.queries import expected_schema_version
-from relay.store import Store
-from relay.systemd import SystemdNotifier, watchdog_interval
+from relay.sql import expected_schema_version
+from relay.webhook.netpolicy import parse_allowed_networks
+from relay.webhook.sender import HttpSender
 
 log = logging.getLogger("relay.daemon")
 
@@ -295,7 +295,7 @@ def main(config: Config) -> int:
         # Nobody else migrates an embedded database: do it here.
         import psycopg
 
-        from relay.migrate import migrate
+        from relay.sql.migrate import migrate
 
         with psycopg.connect(url) as conn:
             migrate(conn)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.attempts import Attempts, wait_for_event
-from relay.claimsize import ClaimSizer
 from relay.config import Config
+from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.claimsize import ClaimSizer
+from relay.daemon.store import Store
 from relay.metrics import Metrics
-from relay.store import Store
 
 # How late the deliverer may wake for a retry, so retries falling due together share a claim.
 RETRY_COALESCE_SECONDS = 0.05
@@ -103,7 +103,7 @@ class Deliverer:
             await attempts.wait_for_slot(self.config.poll_interval)
             return
         # Reserve what is known to be due, not the whole room: the dispatcher needs the rest
-        # while the claim runs (relay/claimsize.py).
+        # while the claim runs (relay/daemon/claimsize.py).
         target = self.claim_sizer.target(
             time.monotonic(), self.config.claim_batch, attempts.low_water()
         )

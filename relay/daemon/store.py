@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay import __version__
 from relay.errors import DatabaseError
-from relay.queries import q
+from relay.sql import q
 
 # How long to wait for a pooled connection before calling the database unavailable.
 POOL_TIMEOUT = 5.0

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from relay.queries import migrations
+from relay.sql import migrations
 
 # Any constant works; it only has to be the same for every relay on the database.
 _MIGRATION_LOCK = 0x72656C6179  # "relay"

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from relay.errors import DatabaseError
-from relay.queries import q
+from relay.sql import q
 
 # Connection type the operations accept: any row factory, since they open their own cursors.
 Conn = psycopg.Connection[Any]

@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from relay import __version__
-from relay.admin_deliveries import DEFAULT_LIMIT, STATUSES
+from relay.admin.deliveries import DEFAULT_LIMIT, STATUSES
 from relay.config import SETTINGS
 
 

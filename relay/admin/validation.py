@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from relay import signing
 from relay.errors import ValidationError
-from relay.notification import BodyMap
+from relay.webhook import signing
+from relay.webhook.body import BodyMap
 
 MAX_URL_LENGTH = 2048
 MAX_HEADER_NAME = 256

@@ -38,10 +38,10 @@ from pathlib import Path
 import psycopg
 
 from relay import admin
-from relay import admin_format as fmt
+from relay.admin import format as fmt
 from relay.config import Config, default_relay_id, load, mask_url
-from relay.daemon import Relay
-from relay.demo_db import (
+from relay.daemon.service import Relay
+from relay.demo.db import (
     EXPECTED_DELIVERIES,
     Run,
     add_subscriptions,
@@ -57,7 +57,7 @@ from relay.demo_db import (
     run_deliveries,
     story,
 )
-from relay.demo_output import (
+from relay.demo.output import (
     DELIVERY_COLUMNS,
     say,
     scrape_metrics,
@@ -66,7 +66,7 @@ from relay.demo_output import (
     step,
     summary,
 )
-from relay.demo_receiver import DemoReceiver
+from relay.demo.receiver import DemoReceiver
 from relay.embedded import default_state_dir, is_embedded, resolve_database_url
 from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter

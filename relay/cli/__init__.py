@@ -20,14 +20,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from relay import admin
-from relay import admin_format as fmt
-from relay import validation as v
-from relay.admin_common import Conn, db_errors
-from relay.cli_parser import ParserExit, UsageError, build_parser
+from relay.admin import format as fmt
+from relay.admin import validation as v
+from relay.admin.db import Conn, db_errors
+from relay.cli.parser import ParserExit, UsageError, build_parser
 from relay.config import SETTINGS, load, mask_url
 from relay.embedded import is_embedded, resolve_database_url
 from relay.errors import ConfigError, DatabaseError, EmitError, RelayError, ValidationError
-from relay.migrate import migrate
+from relay.sql.migrate import migrate
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -83,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(config.masked(), indent=2))
         return 0
     # Imported here: the daemon pulls in aiohttp & co, which no other command needs.
-    daemon: Any = importlib.import_module("relay.daemon")
+    daemon: Any = importlib.import_module("relay.daemon.service")
     return int(daemon.main(config))
 
 

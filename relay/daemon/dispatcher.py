@@ -14,10 +14,10 @@ import math
 import time
 from collections.abc import Callable
 
-from relay.attempts import Attempts, wait_for_event
 from relay.config import Config
+from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.store import Store
 from relay.metrics import Metrics
-from relay.store import Store
 
 # Weight of the latest dispatch in the deliveries-per-event estimate that sizes fan-outs.
 FANOUT_SMOOTHING = 0.3

@@ -17,7 +17,7 @@ import aiohttp
 import psycopg
 
 from relay import admin
-from relay import admin_format as fmt
+from relay.admin import format as fmt
 
 Conn = psycopg.Connection[Any]
 

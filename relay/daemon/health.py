@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from relay.errors import DatabaseError
 
 if TYPE_CHECKING:
-    from relay.daemon import Relay
+    from relay.daemon.service import Relay
 
 log = logging.getLogger("relay.health")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from relay.admin_common import Conn, db_errors, execute, fetch_all, fetch_one
+from relay.admin.db import Conn, db_errors, execute, fetch_all, fetch_one
 from relay.errors import NotFound, ValidationError
 
 STATUSES = ("pending", "delivered", "dead")

@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.systemd")
 
 __all__ = ["SystemdNotifier", "watchdog_interval"]
 

@@ -24,12 +24,12 @@ from psycopg.rows import dict_row
 
 import relay
 from relay import admin
-from relay import validation as v
+from relay.admin import validation as v
 from relay.config import mask_url
-from relay.demo_output import say
-from relay.demo_receiver import DEMO_TOKEN
+from relay.demo.output import say
+from relay.demo.receiver import DEMO_TOKEN
 from relay.errors import NotFound, RelayError
-from relay.migrate import migrate
+from relay.sql.migrate import migrate
 
 Conn = psycopg.Connection[Any]
 

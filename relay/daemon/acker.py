@@ -8,10 +8,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from relay.deliver import attempt_summary
+from relay.daemon.store import Ack, Job, Store
 from relay.errors import DatabaseError
 from relay.metrics import Metrics
-from relay.store import Ack, Job, Store
+from relay.webhook.sender import attempt_summary
 
 # The daemon's logger: ack outcomes are part of its one-line-per-outcome log.
 log = logging.getLogger("relay.daemon")
