@@ -158,7 +158,10 @@ class Store:
                 yield conn
         except psycopg.Error as exc:
             # Includes the pool's own PoolTimeout/PoolClosed (psycopg.OperationalError).
-            raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+            transient = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            raise DatabaseError(
+                f"{type(exc).__name__}: {exc}".strip(), transient=transient
+            ) from exc
 
     async def schema_version(self) -> int | None:
         async with self._conn() as conn:
