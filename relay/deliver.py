@@ -83,7 +83,7 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     Raises :class:`MappingError` when the subscription's body map cannot be applied.
     """
     if isinstance(job.payload, Undecodable):
-        raise MappingError(Undecodable.reason)
+        raise MappingError(job.payload.reason)
     notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
     if job.body_map:
         notification = compile_body_map_cached(job.body_map).apply(notification)
@@ -191,6 +191,12 @@ class HttpSender:
             prepared = prepare(job, int(time.time()))
         except MappingError as exc:
             return Result(started, elapsed(), error=f"body map failed: {exc}", error_kind="mapping")
+        except (ValueError, TypeError, RecursionError) as exc:
+            # A payload jsonb holds that cannot be encoded again fails the same way every
+            # time: dead at once (kind 'mapping'), never an exception out of the attempt.
+            return Result(
+                started, elapsed(), error=f"cannot build the request: {exc}", error_kind="mapping"
+            )
         refused = self._refused_literal(prepared.url.host or "")
         if refused is not None:
             return Result(started, elapsed(), error=refused, error_kind="forbidden")
