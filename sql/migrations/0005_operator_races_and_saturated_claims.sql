@@ -20,12 +20,12 @@
 
 -- The index a per-subscription claim reads (2). Built in the migration's transaction: on a
 -- large deliveries table, run `relay migrate` at a quiet time.
--- Its predicate is written "NOT IN ('delivered', 'dead')" (the same rows, by the table's CHECK)
--- on purpose: only a query written that way can use it, so the walks that must read
+-- Its predicate (the same rows as deliveries_due, by the table's CHECK and since no row is due
+-- at '-infinity') is written so that only a query that repeats it can use it, so the walks that must read
 -- deliveries_due in due order (the unsaturated claim, the next-due time, the gauges) cannot be
 -- planned onto it, and the per-subscription walk cannot be planned onto deliveries_due.
 CREATE INDEX deliveries_subscription_due ON relay.deliveries (subscription_id, next_attempt_at)
-    WHERE status NOT IN ('delivered', 'dead');
+    WHERE status NOT IN ('delivered', 'dead') AND next_attempt_at > '-infinity';
 
 CREATE OR REPLACE FUNCTION relay.dispatch_outbox(
     p_limit integer, p_lease_limit integer, p_owner text, p_token uuid, p_lease_seconds float8)
@@ -167,6 +167,7 @@ BEGIN
             FROM relay.deliveries d
             WHERE d.subscription_id = s.id
               AND d.status NOT IN ('delivered', 'dead')  -- pending (see the index)
+              AND d.next_attempt_at > '-infinity'
               AND d.next_attempt_at <= now()
             ORDER BY d.next_attempt_at
             LIMIT p_limit

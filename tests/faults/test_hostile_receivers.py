@@ -45,6 +45,8 @@ class _Endless(Behaviour):
         with contextlib.suppress(ConnectionError, RuntimeError):
             while not closing.is_set():
                 await response.write(chunk)
+                # the receiver shares the test's event loop with the relay: let it run
+                await asyncio.sleep(0)
         return response
 
 
@@ -147,7 +149,7 @@ async def _beside_healthy(
                 all(d["status"] != "pending" for d in deliveries(conn))
                 and len(deliveries(conn)) == 2 * EVENTS
             ),
-            timeout=20,
+            timeout=40,
         )
     healthy = [d for d in deliveries(conn) if d["subscription_id"] == ok]
     assert [d["status"] for d in healthy] == ["delivered"] * EVENTS
