@@ -29,7 +29,15 @@ class EmitError(RelayError):
 
 
 class DatabaseError(RelayError):
-    """Postgres could not be reached or refused a statement relay expected to work."""
+    """Postgres could not be reached or refused a statement relay expected to work.
+
+    ``transient``: the connection failed (worth retrying the same statement); False when
+    the database refused the statement itself (its data), which a retry cannot fix.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class MappingError(RelayError):

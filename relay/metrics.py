@@ -83,6 +83,23 @@ class Metrics:
             "Acks ignored because the lease had passed to another relay",
             registry=r,
         )
+        self.ack_failures = Counter(
+            "relay_ack_failures_total",
+            "Ack statements that failed: 'transient' (database unreachable, retried as is) or "
+            "'refused' (the database refused an outcome; the batch is split to isolate it)",
+            ["kind"],
+            registry=r,
+        )
+        self.ack_failing = Gauge(
+            "relay_ack_failing",
+            "1 while attempt outcomes cannot be recorded (acks keep failing)",
+            registry=r,
+        )
+        self.ack_reduced = Counter(
+            "relay_ack_reduced_total",
+            "Outcomes the database refused as they were, recorded without the response body",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "relay_deliveries_in_flight", "HTTP requests in progress", registry=r
         )

@@ -83,6 +83,26 @@ def replay(conn: Conn, delivery_ids: Iterable[int]) -> int:
                 "cannot replay deliveries of removed subscriptions: "
                 + ", ".join(map(str, removed)),
             )
+        in_flight = [row for row in owners if row["in_flight"]]
+        if in_flight:
+            # Clearing a running attempt's lease would send it twice (DESIGN: refuse).
+            raise ValidationError(
+                "id",
+                "cannot replay deliveries in flight (an attempt may be running; replay once "
+                "it ends): "
+                + ", ".join(
+                    f"{row['id']} (relay {row['lease_owner']}, lease until "
+                    f"{row['lease_until']:%Y-%m-%d %H:%M:%S%z})"
+                    for row in in_flight
+                ),
+            )
+        foreign = sorted(row["id"] for row in owners if row["foreign_tenant"])
+        if foreign:
+            raise ValidationError(
+                "id",
+                "cannot replay deliveries of events of another tenant than their "
+                "subscription's (its tenant changed): " + ", ".join(map(str, foreign)),
+            )
         count = execute(conn, "admin_replay_ids", {"ids": ids})
         execute(conn, "admin_notify_deliveries")
     return count

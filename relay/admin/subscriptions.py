@@ -59,9 +59,11 @@ class SubscriptionChanges:
     def is_empty(self) -> bool:
         """Whether nothing at all was requested."""
         # `is`, not `==`: max_retries=0 is a real change although 0 == False.
-        return all(
+        # `enabled=False` (--disabled) is a change, unlike the other flags' False.
+        return self.enabled is None and all(
             value is None or value is False or (isinstance(value, list | tuple) and not value)
-            for value in vars(self).values()
+            for key, value in vars(self).items()
+            if key != "enabled"
         )
 
 
@@ -260,7 +262,24 @@ def update_subscription(
             if changes.secret_overlap_s is None
             else changes.secret_overlap_s
         )
+        if row["tenant_id"] is not None and row["tenant_id"] != current["tenant_id"]:
+            # Isolation: the pending work of other tenants' events must not go to the new
+            # tenant's endpoint. Refused rather than silently killed: the operator decides.
+            foreign = fetch_one(
+                conn,
+                "admin_subscription_foreign_pending",
+                {"id": subscription_id, "tenant_id": row["tenant_id"]},
+            )
+            if foreign is not None and foreign["n"]:
+                raise ValidationError(
+                    "tenant",
+                    f"subscription {subscription_id} has {foreign['n']} pending deliveries of "
+                    f"events that are not tenant {row['tenant_id']!r}'s; let them finish (or "
+                    "disable the subscription and remove it) before changing its tenant",
+                )
         execute(conn, "admin_subscription_update", params)
+        if row["enabled"] != current["enabled"]:
+            execute(conn, "admin_subscription_park", {"id": subscription_id})
         _notify(conn, subscription_id)
     changed = sorted(k for k in _DEFAULTS if row[k] != current[k])
     generated = row["secret"] if changes.secret == GENERATE else None
@@ -273,6 +292,8 @@ def set_enabled(conn: Conn, subscription_id: int, enabled: bool) -> None:
     with db_errors(), conn.transaction():
         _locked(conn, subscription_id)
         execute(conn, "admin_subscription_set_enabled", {"id": subscription_id, "enabled": enabled})
+        # A statement of its own: it sees the deliveries a dispatch that held the row created.
+        execute(conn, "admin_subscription_park", {"id": subscription_id})
         _notify(conn, subscription_id)
 
 

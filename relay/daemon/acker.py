@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from relay.daemon.store import Ack, Job, Store
 from relay.errors import DatabaseError
 from relay.metrics import Metrics
-from relay.webhook.sender import attempt_summary
+from relay.webhook.sender import attempt_summary, storable_text
 
 # The daemon's logger: ack outcomes are part of its one-line-per-outcome log.
 log = logging.getLogger("relay.daemon")
@@ -24,6 +25,15 @@ ACK_BATCH_MAX = 500
 # at once): one 50-row ack costs Postgres about half as much per row as two 25-row ones.
 ACK_GATHER_SECONDS = 0.005
 ACK_GATHER_ROWS = 64
+# Failed ack rounds in a row after which the failure is an alert: one error-level log line,
+# relay_ack_failing = 1 and /readyz not ready (a short database blip stays a warning).
+ACK_ALERT_AFTER = 3
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed ack is worth retrying as it is (the database was unreachable), or the
+    database refused what the statement carried (retrying the same batch would never end)."""
+    return isinstance(exc, DatabaseError) and exc.transient
 
 
 class Backoff:
@@ -66,11 +76,18 @@ class Acker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self.failures = 0  # failed ack rounds in a row
+        self.last_error: str | None = None
 
     def put(self, job: Job, ack: Ack) -> None:
         self._pending.append((job, ack))
         self._idle.clear()
         self._wake.set()
+
+    @property
+    def failing(self) -> bool:
+        """Whether outcomes have failed to be recorded ACK_ALERT_AFTER rounds in a row."""
+        return self.failures >= ACK_ALERT_AFTER
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -85,28 +102,95 @@ class Acker:
             if 1 < len(self._pending) < ACK_GATHER_ROWS and not self._closing:
                 await asyncio.sleep(ACK_GATHER_SECONDS)
             batch = self._pending[:ACK_BATCH_MAX]
-            try:
-                accepted = await self.store.ack([a for _, a in batch])
-            except Exception as exc:
-                # Keep the outcomes and retry: if the lease expires meanwhile the delivery is
-                # simply attempted again (at-least-once), never lost.
-                delay = backoff.failed()
-                if isinstance(exc, DatabaseError):
-                    log.warning("ack failed, retrying in %.1fs: %s", delay, exc)
-                    self.metrics.db_up.labels("pool").set(0)
-                else:
-                    log.exception("ack failed unexpectedly, retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
+            done, accepted, left, error = await self._write(batch)
+            # What could not be written goes back in front (oldest first) and is retried;
+            # if a lease expires meanwhile the delivery is attempted again (at-least-once).
+            self._pending[: len(batch)] = left
+            if done:
+                self._record(done, accepted)
+                delays = [
+                    ack.delay for job, ack in done if ack.outcome == "retry" and job.id in accepted
+                ]
+                if delays:
+                    self.on_retry(delays)
+            if error is None:
+                if self.failing:
+                    log.warning("acks are recorded again after %d failed rounds", self.failures)
+                self.failures = 0
+                self.last_error = None
+                self.metrics.ack_failing.set(0)
+                backoff.reset()
+                if done:
+                    self.metrics.db_up.labels("pool").set(1)
                 continue
-            backoff.reset()
-            self.metrics.db_up.labels("pool").set(1)
-            del self._pending[: len(batch)]
-            self._record(batch, accepted)
-            delays = [
-                ack.delay for job, ack in batch if ack.outcome == "retry" and job.id in accepted
-            ]
-            if delays:
-                self.on_retry(delays)
+            self.failures += 1
+            self.last_error = storable_text(str(error) or type(error).__name__, 300)
+            delay = backoff.failed()
+            if _transient(error):
+                self.metrics.ack_failures.labels("transient").inc()
+                self.metrics.db_up.labels("pool").set(0)
+            if self.failures == ACK_ALERT_AFTER:
+                # Once per streak, at error level: outcomes are not being recorded, so their
+                # deliveries will be attempted again when their leases expire.
+                log.error(
+                    "acks failing %d times in a row, %d outcomes waiting: %s",
+                    self.failures,
+                    len(self._pending),
+                    self.last_error,
+                    exc_info=None if isinstance(error, DatabaseError) else error,
+                )
+            else:
+                log.warning("ack failed, retrying in %.1fs: %s", delay, self.last_error)
+            if self.failing:
+                self.metrics.ack_failing.set(1)
+            await asyncio.sleep(delay)
+
+    async def _write(
+        self, batch: list[tuple[Job, Ack]]
+    ) -> tuple[list[tuple[Job, Ack]], set[int], list[tuple[Job, Ack]], BaseException | None]:
+        """Write ``batch``: (written, accepted ids, left to retry, the last error or None).
+
+        A batch the database refuses (one outcome it cannot store) is split: each outcome is
+        written alone, and one refused alone is written without its response body, the reason
+        in its error. The others are never held hostage by it.
+        """
+        try:
+            return batch, await self.store.ack([a for _, a in batch]), [], None
+        except Exception as exc:
+            if _transient(exc):
+                return [], set(), batch, exc
+            self.metrics.ack_failures.labels("refused").inc()
+            first: BaseException = exc
+        done: list[tuple[Job, Ack]] = []
+        accepted: set[int] = set()
+        left: list[tuple[Job, Ack]] = []
+        error: BaseException | None = None
+        for i, (job, ack) in enumerate(batch):
+            try:
+                accepted |= await self.store.ack([ack])
+                done.append((job, ack))
+                continue
+            except Exception as exc:
+                if _transient(exc):
+                    # The database went away: nothing more gets written now.
+                    return done, accepted, left + batch[i:], exc
+                refused = exc
+            reduced = _reduced(ack, refused)
+            try:
+                accepted |= await self.store.ack([reduced])
+            except Exception as exc:
+                left.append((job, reduced))
+                error = exc
+                continue
+            done.append((job, reduced))
+            self.metrics.ack_reduced.inc()
+            log.error(
+                "outcome recorded without its response body: the database refused it",
+                extra={**attempt_summary(job, ack), "reason": reduced.error},
+            )
+        if error is None and not done:
+            error = first
+        return done, accepted, left, error
 
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()
@@ -137,3 +221,11 @@ class Acker:
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+def _reduced(ack: Ack, exc: BaseException) -> Ack:
+    """``ack`` without the response body, the database's reason in its error: what is still
+    worth recording of an outcome the database refused as it was."""
+    reason = storable_text(str(exc) or type(exc).__name__, 300)
+    error = f"{ack.error + '; ' if ack.error else ''}response not recorded (refused: {reason})"
+    return dataclasses.replace(ack, response_body=None, error=error)

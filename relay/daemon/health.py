@@ -80,6 +80,13 @@ class Health:
             checks["listener"] = {"ok": listener.connected}
             if not listener.connected:
                 checks["listener"]["error"] = "LISTEN connection is down (reconnecting)"
+        acker = self.relay.acker
+        checks["acks"] = {"ok": not acker.failing}
+        if acker.failing:
+            checks["acks"]["error"] = (
+                f"attempt outcomes not recorded, {acker.failures} failures in a row: "
+                f"{acker.last_error}"
+            )
         checks["schema"] = {"ok": self.relay.schema_ok}
         if not self.relay.schema_ok:
             checks["schema"]["error"] = "schema not at the expected version: run `relay migrate`"

@@ -44,6 +44,11 @@ class Listener:
                     # It was up: this is a fresh loss, not the next failure of a retry series.
                     delay = RECONNECT_MIN
                 log.warning("listener connection lost, reconnecting in %.1fs: %s", delay, exc)
+            except Exception:
+                # A bug (or a driver API mismatch) must not end the listener silently: relay
+                # would fall back to polling with nothing said. Logged at error level, the
+                # listener is down on /readyz meanwhile, and the loop tries again.
+                log.exception("listener failed unexpectedly, restarting in %.1fs", delay)
             finally:
                 self.connected = False
             if stopping.is_set():

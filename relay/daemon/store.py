@@ -102,11 +102,15 @@ def _job(row: tuple[Any, ...], token: uuid.UUID, first: int) -> Job:
 
 
 class Undecodable(dict[str, Any]):
-    """Stands in for a JSON value Python cannot decode (nested deeper than its recursion
-    limit, which jsonb allows). The delivery of such an event ends dead with the reason,
-    instead of the decoding error failing, and so blocking, a whole claimed batch."""
+    """Stands in for a JSON value Python cannot decode though jsonb holds it: nested deeper
+    than Python's recursion limit, or an integer over its int-string limit (``1e5000`` is
+    printed by jsonb as 5,001 digits). The delivery of such an event ends dead with the
+    reason, instead of the decoding error failing, and so stranding, a whole claimed batch
+    (the claim has committed by the time rows are decoded)."""
 
-    reason = "payload is nested too deeply to decode"
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
 
 
 # Postgres sends json/jsonb as UTF-8 text: decoded straight to str (json.loads of bytes would
@@ -118,7 +122,10 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
     try:
         return _DECODER.decode(data if isinstance(data, str) else str(data, "utf-8"))
     except RecursionError:
-        return Undecodable()
+        return Undecodable("payload is nested too deeply to decode")
+    except ValueError as exc:
+        # int() over sys.get_int_max_str_digits(): jsonb keeps numbers of any size.
+        return Undecodable(f"payload cannot be decoded: {str(exc)[:200]}")
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -158,7 +165,10 @@ class Store:
                 yield conn
         except psycopg.Error as exc:
             # Includes the pool's own PoolTimeout/PoolClosed (psycopg.OperationalError).
-            raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+            transient = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            raise DatabaseError(
+                f"{type(exc).__name__}: {exc}".strip(), transient=transient
+            ) from exc
 
     async def schema_version(self) -> int | None:
         async with self._conn() as conn:

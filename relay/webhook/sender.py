@@ -11,6 +11,7 @@ import functools
 import math
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,8 +33,14 @@ from relay.webhook.retry import RetryPolicy, delay_with_retry_after, parse_retry
 from relay.webhook.signing import webhook_headers
 
 USER_AGENT = f"relay/{__version__}"
-# Bytes of a response body kept in the attempt log; the rest is not even read.
+# Characters of a response body kept in the attempt log; the rest is not even read.
 RESPONSE_BODY_LIMIT = 1024
+# Bytes read of a compressed body (whatever the request asked, a server or a proxy in front of
+# it may compress): enough to decode RESPONSE_BODY_LIMIT characters of most bodies, and a
+# bound on what a decompression bomb can cost (the output is capped too).
+COMPRESSED_READ_LIMIT = 16 * 1024
+# Characters of an attempt's error text kept (it may quote what the receiver sent).
+ERROR_LIMIT = 2000
 # Distinct URL hosts whose SSRF verdict is remembered (one per subscription host at most).
 HOST_CACHE_SIZE = 10_000
 
@@ -76,7 +83,7 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     Raises :class:`MappingError` when the subscription's body map cannot be applied.
     """
     if isinstance(job.payload, Undecodable):
-        raise MappingError(Undecodable.reason)
+        raise MappingError(job.payload.reason)
     notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
     if job.body_map:
         notification = compile_body_map_cached(job.body_map).apply(notification)
@@ -85,6 +92,9 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     url = URL(job.url, encoded=False)
     headers = dict(job.headers)
     headers["User-Agent"] = USER_AGENT
+    # relay keeps only an excerpt of the answer: ask for it uncompressed (aiohttp would offer
+    # gzip and deflate). A server that compresses anyway is handled by _excerpt().
+    headers["Accept-Encoding"] = "identity"
     if job.method == "GET":
         url = url.extend_query(encode_query(notification))
         # Standard Webhooks signs a body; a GET has none, so relay signs the query string
@@ -118,11 +128,28 @@ def decide(job: Job, result: Result) -> Ack:
         outcome=outcome,
         delay=delay,
         status_code=result.status_code,
-        error=result.error,
+        # Both may quote what the receiver sent: only text Postgres can store goes to the ack.
+        error=storable_text(result.error, ERROR_LIMIT),
         started_at=result.started_at,
         duration_ms=result.duration_ms,
-        response_body=result.response_body,
+        response_body=storable_text(result.response_body, RESPONSE_BODY_LIMIT),
     )
+
+
+def storable_text(text: str | None, limit: int) -> str | None:
+    """``text`` as Postgres can store it in a text column: at most ``limit`` characters, no
+    NUL (refused by Postgres whatever the encoding) and no lone surrogate (what
+    ``surrogateescape`` makes of invalid UTF-8 in a header; refused by the encoder)."""
+    if text is None:
+        return None
+    text = text[:limit]
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 class HttpSender:
@@ -164,6 +191,12 @@ class HttpSender:
             prepared = prepare(job, int(time.time()))
         except MappingError as exc:
             return Result(started, elapsed(), error=f"body map failed: {exc}", error_kind="mapping")
+        except (ValueError, TypeError, RecursionError) as exc:
+            # A payload jsonb holds that cannot be encoded again fails the same way every
+            # time: dead at once (kind 'mapping'), never an exception out of the attempt.
+            return Result(
+                started, elapsed(), error=f"cannot build the request: {exc}", error_kind="mapping"
+            )
         refused = self._refused_literal(prepared.url.host or "")
         if refused is not None:
             return Result(started, elapsed(), error=refused, error_kind="forbidden")
@@ -217,7 +250,8 @@ class HttpSender:
             allow_redirects=False,
             timeout=_client_timeout(timeout),
         ) as resp:
-            raw = await _read_head(resp)
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            raw = await _read_head(resp, encoding)
             duration = (time.perf_counter() - t0) * 1000.0
             status = resp.status
             retry_after = None
@@ -233,7 +267,7 @@ class HttpSender:
                 duration,
                 status_code=status,
                 error=error,
-                response_body=raw.decode("utf-8", "replace") if raw else None,
+                response_body=_excerpt(raw, encoding),
                 retry_after=retry_after,
             )
 
@@ -247,14 +281,16 @@ def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds, ceil_threshold=math.inf)
 
 
-async def _read_head(resp: aiohttp.ClientResponse) -> bytes:
-    """The first RESPONSE_BODY_LIMIT bytes of the body (what the attempt log keeps).
+async def _read_head(resp: aiohttp.ClientResponse, encoding: str) -> bytes:
+    """The first bytes of the body: RESPONSE_BODY_LIMIT of a plain one (what the attempt log
+    keeps), COMPRESSED_READ_LIMIT of a compressed one (to decode an excerpt from).
 
     Reads until that many bytes, the declared Content-Length, or EOF: a single read returns
     only what is buffered, and a response cut off by a reset must fail the attempt rather
-    than count as delivered.
+    than count as delivered. The rest of an endless or huge body is never read: leaving the
+    response closes the connection.
     """
-    want = RESPONSE_BODY_LIMIT
+    want = RESPONSE_BODY_LIMIT if encoding in ("", "identity") else COMPRESSED_READ_LIMIT
     if resp.content_length is not None:
         want = min(want, resp.content_length)
     raw = b""
@@ -268,6 +304,41 @@ async def _read_head(resp: aiohttp.ClientResponse) -> bytes:
             break
         raw += chunk
     return raw
+
+
+def _excerpt(raw: bytes, encoding: str) -> str | None:
+    """The stored excerpt of a body's first bytes: decoded from its Content-Encoding (gzip or
+    deflate, output capped: a bomb costs at most RESPONSE_BODY_LIMIT bytes), then as UTF-8
+    with invalid bytes replaced, cut to RESPONSE_BODY_LIMIT characters, NUL-free. An encoding
+    relay does not decode (br, zstd, ...) or a corrupt stream is named, not stored as bytes.
+    """
+    if not raw:
+        return None
+    if encoding not in ("", "identity"):
+        decoded = _decompress_head(raw, encoding)
+        if decoded is None:
+            return f"[{len(raw)}+ bytes of {encoding[:40]}-encoded body, not decoded]"
+        raw = decoded
+    text = raw.decode("utf-8", "replace")
+    return storable_text(text, RESPONSE_BODY_LIMIT)
+
+
+def _decompress_head(raw: bytes, encoding: str) -> bytes | None:
+    """Up to RESPONSE_BODY_LIMIT bytes decompressed from the start of a gzip/deflate stream
+    (a truncated stream is fine: only its head is wanted); None if not decodable here."""
+    if encoding in ("gzip", "x-gzip"):
+        candidates = [zlib.MAX_WBITS | 16]
+    elif encoding == "deflate":
+        # RFC 9110 deflate is zlib-wrapped; some servers send raw deflate.
+        candidates = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    else:
+        return None
+    for wbits in candidates:
+        try:
+            return zlib.decompressobj(wbits).decompress(raw, RESPONSE_BODY_LIMIT)
+        except zlib.error:
+            continue
+    return None
 
 
 def _forbidden_cause(exc: BaseException) -> ForbiddenAddress | None:

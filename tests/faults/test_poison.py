@@ -169,3 +169,32 @@ async def test_unresolvable_host_ends_dead_and_blocks_nothing(
         assert d["attempts"] == 2 and d["last_status_code"] is None
         assert "does-not-exist.invalid" in d["last_error"], d["last_error"]
     report("unresolvable_host", events=n, dead=len(dead), healthy_delivered=len(reqs))
+
+
+async def test_payload_with_a_number_python_cannot_decode_blocks_nothing(
+    conn: Conn, database_url: str, receiver: Receiver
+) -> None:
+    """jsonb accepts ``{"n": 1e5000}`` and prints it as a 5,001-digit integer, over Python's
+    int-string limit. Before: the decoding error failed the claim after it committed, so the
+    whole batch stayed leased and was stranded again at every lease expiry. Now only that
+    delivery ends ``dead`` with the reason; the events around it are delivered."""
+    add_subscription(conn, receiver.url(), max_retries=0)
+    emit(conn, "order.created", {"before": 1})
+    conn.execute(
+        "INSERT INTO relay.outbox (event_type, payload) VALUES ('order.created', %s::jsonb)",
+        ('{"n": 1e5000}',),
+    )
+    for i in range(5):
+        emit(conn, "order.created", {"after": i})
+    async with running_relay(database_url, lease_seconds=1):
+        await wait_until(
+            lambda: (
+                len(deliveries(conn)) == 7
+                and all(d["status"] != "pending" for d in deliveries(conn))
+            ),
+            timeout=12,
+        )
+    by_status = sorted((d["status"], d["last_error"] or "") for d in deliveries(conn))
+    assert [s for s, _ in by_status] == ["dead"] + ["delivered"] * 6
+    assert "digits" in by_status[0][1], by_status[0]
+    assert len(receiver.requests) == 6

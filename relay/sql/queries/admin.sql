@@ -75,23 +75,35 @@ UPDATE relay.subscriptions SET
 WHERE id = %(id)s;
 
 -- name: admin_subscription_set_enabled
+-- Its own statement, before admin_subscription_park: the row lock it takes waits for a
+-- dispatch fanning out to this subscription (relay.dispatch_outbox() locks the subscriptions
+-- it matches FOR SHARE), so the park that follows, with a new snapshot, sees what it created.
+UPDATE relay.subscriptions
+SET enabled = %(enabled)s, updated_at = now()
+WHERE id = %(id)s AND removed_at IS NULL;
+
+-- name: admin_subscription_park
 -- Disabling parks the subscription's waiting deliveries (due at 'infinity') so claims do not
--- walk past them; enabling makes them due now. In-flight ones (leased) are left alone; the
--- claim's own enabled filter covers them.
-WITH sub AS (
-    UPDATE relay.subscriptions
-    SET enabled = %(enabled)s, updated_at = now()
-    WHERE id = %(id)s AND removed_at IS NULL
-    RETURNING id, enabled
-)
+-- walk past them; enabling makes them due now. In-flight ones (leased) are left alone: their
+-- ack or release parks them (relay.ack_deliveries(), sql/migrations/0005_*.sql).
 UPDATE relay.deliveries d
-SET next_attempt_at = CASE WHEN sub.enabled THEN now() ELSE 'infinity' END,
+SET next_attempt_at = CASE WHEN s.enabled THEN now() ELSE 'infinity' END,
     updated_at = now()
-FROM sub
-WHERE d.subscription_id = sub.id
+FROM relay.subscriptions s
+WHERE s.id = %(id)s
+  AND d.subscription_id = s.id
   AND d.status = 'pending'
   AND d.lease_token IS NULL
-  AND (d.next_attempt_at = 'infinity') = sub.enabled;
+  AND (d.next_attempt_at = 'infinity') = s.enabled;
+
+-- name: admin_subscription_foreign_pending
+-- Pending deliveries of this subscription whose event belongs to another tenant than
+-- %(tenant_id)s (a tenant change must not send them to the new tenant's endpoint).
+SELECT count(*) AS n
+FROM relay.deliveries
+WHERE subscription_id = %(id)s
+  AND status = 'pending'
+  AND tenant_id IS DISTINCT FROM %(tenant_id)s::text;
 
 -- name: admin_subscription_remove
 -- Soft delete: the row stays so its delivery history keeps its foreign key.
@@ -111,8 +123,10 @@ WHERE subscription_id = %(id)s AND status = 'pending';
 SELECT pg_notify('relay_subscriptions', %(id)s::text);
 
 -- name: admin_delivery_list
+-- next_attempt_at is NULL while parked ('infinity': its subscription is disabled); Python's
+-- datetime cannot hold infinity.
 SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
-       next_attempt_at, lease_owner, last_status_code, last_error,
+       nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner, last_status_code, last_error,
        created_at, updated_at, delivered_at, dead_at
 FROM relay.deliveries
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -123,7 +137,7 @@ LIMIT %(limit)s;
 
 -- name: admin_delivery_get
 SELECT d.id, d.outbox_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts,
-       d.failures, d.next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
+       d.failures, nullif(d.next_attempt_at, 'infinity') AS next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
        d.created_at, d.updated_at, d.delivered_at, d.dead_at,
        o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at
 FROM relay.deliveries d
@@ -139,29 +153,43 @@ WHERE delivery_id = %(id)s
 ORDER BY attempt;
 
 -- name: admin_delivery_owners
-SELECT d.id, d.subscription_id, s.removed_at IS NOT NULL AS subscription_removed
+SELECT d.id, d.subscription_id, s.removed_at IS NOT NULL AS subscription_removed,
+       -- leased and the lease still running: an attempt may be in progress
+       d.status = 'pending' AND d.lease_token IS NOT NULL AND d.next_attempt_at > now()
+           AS in_flight,
+       d.lease_owner, d.next_attempt_at AS lease_until,
+       s.tenant_id IS NOT NULL AND d.tenant_id IS DISTINCT FROM s.tenant_id AS foreign_tenant
 FROM relay.deliveries d
 JOIN relay.subscriptions s ON s.id = d.subscription_id
 WHERE d.id = ANY(%(ids)s)
 FOR UPDATE OF d;
 
 -- name: admin_replay_ids
--- Replay: a fresh retry budget, due now, no lease; `attempts` and the attempt rows are history.
-UPDATE relay.deliveries
-SET status = 'pending', failures = 0, next_attempt_at = now(),
+-- Replay: a fresh retry budget, due now (parked if the subscription is disabled), no lease;
+-- `attempts` and the attempt rows are history. The caller refused deliveries in flight.
+UPDATE relay.deliveries d
+SET status = 'pending', failures = 0,
+    next_attempt_at = CASE WHEN s.enabled THEN now() ELSE 'infinity' END,
     lease_owner = NULL, lease_token = NULL, dead_at = NULL, delivered_at = NULL,
     updated_at = now()
-WHERE id = ANY(%(ids)s);
+FROM relay.subscriptions s
+WHERE d.id = ANY(%(ids)s) AND s.id = d.subscription_id;
 
 -- name: admin_replay_dead
-UPDATE relay.deliveries
-SET status = 'pending', failures = 0, next_attempt_at = now(),
+-- Deliveries of removed subscriptions stay dead, and so do those of another tenant's events
+-- than the subscription's tenant now (isolation after `subscription update --tenant`).
+UPDATE relay.deliveries d
+SET status = 'pending', failures = 0,
+    next_attempt_at = CASE WHEN s.enabled THEN now() ELSE 'infinity' END,
     lease_owner = NULL, lease_token = NULL, dead_at = NULL, delivered_at = NULL,
     updated_at = now()
-WHERE status = 'dead'
-  AND (%(subscription_id)s::bigint IS NULL OR subscription_id = %(subscription_id)s::bigint)
-  AND (%(since)s::timestamptz IS NULL OR dead_at >= %(since)s::timestamptz)
-  AND subscription_id IN (SELECT id FROM relay.subscriptions WHERE removed_at IS NULL);
+FROM relay.subscriptions s
+WHERE d.status = 'dead'
+  AND s.id = d.subscription_id
+  AND s.removed_at IS NULL
+  AND (s.tenant_id IS NULL OR s.tenant_id = d.tenant_id)
+  AND (%(subscription_id)s::bigint IS NULL OR d.subscription_id = %(subscription_id)s::bigint)
+  AND (%(since)s::timestamptz IS NULL OR d.dead_at >= %(since)s::timestamptz);
 
 -- name: admin_notify_deliveries
 -- Wake running relays (same channel the daemon listens on for due deliveries).

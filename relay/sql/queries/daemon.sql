@@ -29,13 +29,12 @@ SELECT * FROM relay.release_deliveries(%(ids)s::bigint[], %(tokens)s::uuid[]);
 
 -- name: seconds_until_due
 -- How long until the earliest delivery a claim could take falls due (negative: overdue);
--- NULL if none. Same filters as the claim (enabled, not saturated): otherwise rows the claim
--- skips would look due and the deliverer would spin.
+-- NULL if none. Same filters as the claim (not saturated): otherwise rows the claim skips
+-- would look due and the deliverer would spin. A due row of a disabled or removed
+-- subscription counts: the next claim settles it (parks it or ends it), once.
 SELECT extract(epoch FROM d.next_attempt_at - now())::float8
 FROM relay.deliveries d
-JOIN relay.subscriptions s ON s.id = d.subscription_id
 WHERE d.status = 'pending'
-  AND s.enabled
   AND d.subscription_id <> ALL (%(saturated)s::bigint[])
 ORDER BY d.next_attempt_at
 LIMIT 1;
