@@ -286,19 +286,13 @@ class Relay:
 
 def main(config: Config) -> int:
     """Entry point of ``relay run``: resolve the database, set up logging, run until a signal."""
-    from relay.embedded import resolve_database_url
+    from relay.embedded import migrate_embedded, resolve_database_url
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
     url = resolve_database_url(config.database_url, config.state_dir)
     if config.database_url is None:
-        # Nobody else migrates an embedded database: do it here.
-        import psycopg
-
-        from relay.sql.migrate import migrate
-
-        with psycopg.connect(url) as conn:
-            migrate(conn)
+        migrate_embedded(url)
     relay = Relay(config, url)
     _tune_gc()
     try:
