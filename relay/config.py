@@ -209,6 +209,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("pool_size", _positive_int, 8, "Database connections in the pool."),
     Setting(
+        "synchronous_commit",
+        _choice("off", "on", "local", "remote_write", "remote_apply"),
+        "off",
+        "synchronous_commit of relay's own statements (claims, acks, fan-out; never the "
+        "app's emit). off: a Postgres crash may re-send the last few hundred ms of "
+        "deliveries, never lose one. Set on behind a transaction pooler.",
+    ),
+    Setting(
         "vacuum",
         _bool,
         True,
@@ -248,6 +256,7 @@ class Config:
     gauge_interval: float = 5.0
     allowed_networks: str = ""
     pool_size: int = 8
+    synchronous_commit: str = "off"
     vacuum: bool = True
     log_level: str = "info"
     log_format: str = "auto"

@@ -58,7 +58,12 @@ class Relay:
         self.config = config
         self.relay_id = config.effective_relay_id
         self.metrics = metrics or Metrics()
-        self.store = Store(url, pool_size=config.pool_size, relay_id=self.relay_id)
+        self.store = Store(
+            url,
+            pool_size=config.pool_size,
+            relay_id=self.relay_id,
+            synchronous_commit=config.synchronous_commit,
+        )
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
