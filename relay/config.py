@@ -87,6 +87,21 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _processes(raw: str) -> int:
+    """``auto`` (one per core this process may run on) or a positive integer."""
+    if raw.strip().lower() == "auto":
+        return cpu_count()
+    return _positive_int(raw)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its CPU affinity, not the host's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -121,7 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "metrics_addr", _addr, "127.0.0.1:9465", "HOST:PORT for /metrics, /healthz and /readyz."
     ),
-    Setting("concurrency", _positive_int, 64, "HTTP requests in flight at once."),
+    Setting(
+        "processes",
+        _processes,
+        1,
+        "Relay processes to run under one supervisor: a number, or auto (one per core). "
+        "Process i serves its metrics on the metrics port + i.",
+    ),
+    Setting("concurrency", _positive_int, 64, "HTTP requests in flight at once (per process)."),
     Setting(
         "subscription_concurrency",
         _positive_int,
@@ -187,6 +209,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("pool_size", _positive_int, 8, "Database connections in the pool."),
     Setting(
+        "synchronous_commit",
+        _choice("off", "on", "local", "remote_write", "remote_apply"),
+        "off",
+        "synchronous_commit of relay's own statements (claims, acks, fan-out; never the "
+        "app's emit). off: a Postgres crash may re-send the last few hundred ms of "
+        "deliveries, never lose one. Set on behind a transaction pooler.",
+    ),
+    Setting(
         "vacuum",
         _bool,
         True,
@@ -213,6 +243,7 @@ class Config:
     database_url: str | None = None
     state_dir: str | None = None
     metrics_addr: str = "127.0.0.1:9465"
+    processes: int = 1
     concurrency: int = 64
     subscription_concurrency: int | None = None
     prefetch: int | None = None
@@ -225,6 +256,7 @@ class Config:
     gauge_interval: float = 5.0
     allowed_networks: str = ""
     pool_size: int = 8
+    synchronous_commit: str = "off"
     vacuum: bool = True
     log_level: str = "info"
     log_format: str = "auto"

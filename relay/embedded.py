@@ -71,3 +71,14 @@ def resolve_database_url(explicit: str | None, state_dir: str | Path | None = No
 def is_embedded(explicit: str | None) -> bool:
     """Whether :func:`resolve_database_url` would pick the embedded Postgres."""
     return not explicit and not os.environ.get(_ENV_URL)
+
+
+def migrate_embedded(url: str) -> None:
+    """Migrate the embedded database at ``url``: nobody else will (no ``relay migrate`` step
+    runs before a private embedded server exists)."""
+    import psycopg
+
+    from relay.sql.migrate import migrate
+
+    with psycopg.connect(url) as conn:
+        migrate(conn)

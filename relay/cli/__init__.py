@@ -82,6 +82,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.masked(), indent=2))
         return 0
+    if config.processes > 1:
+        supervisor: Any = importlib.import_module("relay.daemon.supervisor")
+        return int(supervisor.supervise(config, config.processes))
     # Imported here: the daemon pulls in aiohttp & co, which no other command needs.
     daemon: Any = importlib.import_module("relay.daemon.service")
     return int(daemon.main(config))

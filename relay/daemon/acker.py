@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from relay.daemon.store import Ack, Job, Store
+from relay.daemon.summary import DeliveredSummary
 from relay.errors import DatabaseError
 from relay.metrics import Metrics
 from relay.webhook.sender import attempt_summary, storable_text
@@ -71,6 +72,7 @@ class Acker:
         # deliverer re-reads the next due time if it would otherwise sleep past them, and
         # sizes its claims by what falls due.
         self.on_retry = on_retry
+        self.summary = DeliveredSummary(time.monotonic())
         self._pending: list[tuple[Job, Ack]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -194,9 +196,9 @@ class Acker:
 
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()
-        # The info lines' fields are built only when they are logged (at warning, the
-        # benchmark's level, ~0.7 us per delivery for nothing).
+        # The lines' fields are built only when they are logged (~0.7 us per delivery).
         info = log.isEnabledFor(logging.INFO)
+        debug = log.isEnabledFor(logging.DEBUG)
         for job, ack in batch:
             if job.id not in accepted:
                 self.metrics.lost_leases.inc()
@@ -207,13 +209,29 @@ class Acker:
             if ack.outcome == "delivered":
                 self.metrics.delivery_ended("delivered", job.event_type)
                 self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
-                if info:
-                    log.info("delivered", extra=attempt_summary(job, ack))
+                self.summary.add(job.subscription_id)
+                if debug:
+                    log.debug("delivered", extra=attempt_summary(job, ack))
             elif ack.outcome == "dead":
                 self.metrics.delivery_ended("dead", job.event_type)
                 log.warning("dead", extra=attempt_summary(job, ack))
             elif info:
                 log.info("retry scheduled", extra=attempt_summary(job, ack))
+        self._log_summary(time.monotonic())
+
+    def _log_summary(self, now: float, force: bool = False) -> None:
+        window, counts = self.summary.take(now, force)
+        for subscription_id, delivered in counts.items():
+            log.info(
+                "delivered %d in %.0fs",
+                delivered,
+                window,
+                extra={
+                    "subscription_id": subscription_id,
+                    "delivered": delivered,
+                    "window_s": round(window, 1),
+                },
+            )
 
     async def close(self, timeout: float) -> None:
         """Flush what is pending (bounded by ``timeout``) and stop."""
@@ -221,6 +239,7 @@ class Acker:
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        self._log_summary(time.monotonic(), force=True)
 
 
 def _reduced(ack: Ack, exc: BaseException) -> Ack:

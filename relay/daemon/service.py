@@ -58,7 +58,12 @@ class Relay:
         self.config = config
         self.relay_id = config.effective_relay_id
         self.metrics = metrics or Metrics()
-        self.store = Store(url, pool_size=config.pool_size, relay_id=self.relay_id)
+        self.store = Store(
+            url,
+            pool_size=config.pool_size,
+            relay_id=self.relay_id,
+            synchronous_commit=config.synchronous_commit,
+        )
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
@@ -286,19 +291,13 @@ class Relay:
 
 def main(config: Config) -> int:
     """Entry point of ``relay run``: resolve the database, set up logging, run until a signal."""
-    from relay.embedded import resolve_database_url
+    from relay.embedded import migrate_embedded, resolve_database_url
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
     url = resolve_database_url(config.database_url, config.state_dir)
     if config.database_url is None:
-        # Nobody else migrates an embedded database: do it here.
-        import psycopg
-
-        from relay.sql.migrate import migrate
-
-        with psycopg.connect(url) as conn:
-            migrate(conn)
+        migrate_embedded(url)
     relay = Relay(config, url)
     _tune_gc()
     try:

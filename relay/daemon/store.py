@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -128,6 +129,21 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
         return Undecodable(f"payload cannot be decoded: {str(exc)[:200]}")
 
 
+def connection_kwargs(url: str, synchronous_commit: str) -> dict[str, Any]:
+    """The pool's connection arguments: autocommit, and relay's ``synchronous_commit``.
+
+    The setting travels as a startup option (``-c synchronous_commit=off``) rather than a
+    ``SET``: behind a transaction pooler a session ``SET`` would stay on a server connection
+    that the application's own transactions use next, making *their* commits asynchronous.
+    A pooler refuses (or ignores) the option instead. ``on`` sends nothing.
+    """
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if synchronous_commit != "on":
+        given = conninfo_to_dict(url).get("options") or ""
+        kwargs["options"] = f"{given} -c synchronous_commit={synchronous_commit}".strip()
+    return kwargs
+
+
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(_loads, conn)
 
@@ -135,14 +151,21 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 class Store:
     """Async access to relay's tables through a connection pool."""
 
-    def __init__(self, url: str, *, pool_size: int = 8, relay_id: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        relay_id: str,
+        synchronous_commit: str = "on",
+    ) -> None:
         self.url = url
         self.relay_id = relay_id
         self.pool = AsyncConnectionPool(
             url,
             min_size=min(2, pool_size),
             max_size=pool_size,
-            kwargs={"autocommit": True},
+            kwargs=connection_kwargs(url, synchronous_commit),
             open=False,
             configure=_configure,
             name="relay",
