@@ -12,87 +12,16 @@
 -- %(older_than)s is the retention in seconds.
 
 -- name: prune_deliveries
--- Up to %(limit)s delivered and %(limit)s dead deliveries that ended before the cutoff, oldest
--- first (deliveries_delivered, deliveries_dead), with their attempts. The attempts go in the
--- same statement: the foreign key is checked at its end, when both are gone.
-WITH turn AS (
-    SELECT pg_try_advisory_xact_lock(482956635749) AS ours  -- 'prune'
-),
-delivered AS MATERIALIZED (
-    SELECT d.id FROM relay.deliveries d
-    WHERE (SELECT ours FROM turn)
-      AND d.status = 'delivered'
-      AND d.delivered_at < now() - make_interval(secs => %(older_than)s)
-    ORDER BY d.delivered_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-),
-dead AS MATERIALIZED (
-    SELECT d.id FROM relay.deliveries d
-    WHERE (SELECT ours FROM turn)
-      AND d.status = 'dead'
-      AND d.dead_at < now() - make_interval(secs => %(older_than)s)
-    ORDER BY d.dead_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-),
-victims AS MATERIALIZED (
-    SELECT id FROM delivered UNION ALL SELECT id FROM dead
-),
-gone_attempts AS (
-    DELETE FROM relay.delivery_attempts a
-    USING victims v
-    WHERE a.delivery_id = v.id
-    RETURNING 1
-),
-gone AS (
-    DELETE FROM relay.deliveries d
-    USING victims v
-    WHERE d.id = v.id
-    RETURNING 1
-)
-SELECT (SELECT ours FROM turn) AS ours,
-       (SELECT count(*) FROM gone) AS deliveries,
-       (SELECT count(*) FROM gone_attempts) AS delivery_attempts;
+-- One batch of relay.prune_deliveries() (sql/migrations/0007_retention.sql): up to %(limit)s
+-- delivered and %(limit)s dead deliveries that ended over %(older_than)s seconds ago, with
+-- their attempts.
+SELECT * FROM relay.prune_deliveries(%(older_than)s, %(limit)s);
 
 -- name: prune_outbox
--- The next %(limit)s outbox rows after id %(after)s (the primary key, oldest first): delete
--- those created before the cutoff, dispatched, with no delivery left. An undispatched
--- row is pending work; a row with any delivery (pending, or finished within the retention) is
--- still needed. Returns the last id looked at, and whether the walk reached rows too young to
--- prune (then the caller starts again from the oldest row next time).
-WITH turn AS (
-    SELECT pg_try_advisory_xact_lock(482956635749) AS ours  -- 'prune'
-),
-scanned AS MATERIALIZED (
-    SELECT o.id, o.created_at, o.dispatched_at
-    FROM relay.outbox o
-    WHERE (SELECT ours FROM turn) AND o.id > %(after)s
-    ORDER BY o.id
-    LIMIT %(limit)s
-),
-victims AS MATERIALIZED (
-    SELECT o.id
-    FROM relay.outbox o
-    WHERE o.id IN (
-        SELECT s.id FROM scanned s
-        WHERE s.dispatched_at IS NOT NULL
-          AND s.created_at < now() - make_interval(secs => %(older_than)s)
-          AND NOT EXISTS (SELECT 1 FROM relay.deliveries d WHERE d.outbox_id = s.id))
-    FOR UPDATE OF o SKIP LOCKED
-),
-gone AS (
-    DELETE FROM relay.outbox o
-    USING victims v
-    WHERE o.id = v.id
-    RETURNING 1
-)
-SELECT (SELECT ours FROM turn) AS ours,
-       (SELECT count(*) FROM gone) AS outbox,
-       (SELECT max(id) FROM scanned) AS last_id,
-       (SELECT count(*) FROM scanned) AS scanned,
-       coalesce((SELECT bool_or(created_at >= now() - make_interval(secs => %(older_than)s))
-                 FROM scanned), false) AS reached_young;
+-- One batch of relay.prune_outbox() (sql/migrations/0007_retention.sql): the next %(limit)s
+-- outbox rows after id %(after)s, deleting those older than %(older_than)s seconds that were
+-- dispatched and have no delivery left.
+SELECT * FROM relay.prune_outbox(%(older_than)s, %(limit)s, %(after)s);
 
 -- name: prune_preview
 -- What a prune with this cutoff would delete now (`relay prune --dry-run`): the same rules as
