@@ -138,11 +138,17 @@ def _partition_vs_delete(conn: Conn) -> dict[str, Any]:
         "CREATE TABLE bench_part.attempts (LIKE relay.delivery_attempts INCLUDING DEFAULTS) "
         "PARTITION BY RANGE (started_at)"
     )
+    # one fixed "now" for every bound (now() moves between autocommit statements); the last
+    # partition takes rows stamped after it
+    row0 = conn.execute("SELECT now()").fetchone()
+    assert row0 is not None
+    base = row0[0]
     for d in range(11):
         for table in ("deliveries", "attempts"):
+            upper = "MAXVALUE" if d == 0 else f"'{base}'::timestamptz - interval '{d} days'"
             conn.execute(
                 f"CREATE TABLE bench_part.{table}_{d} PARTITION OF bench_part.{table} FOR VALUES "
-                f"FROM (now() - interval '{d + 1} days') TO (now() - interval '{d} days')"
+                f"FROM ('{base}'::timestamptz - interval '{d + 1} days') TO ({upper})"
             )
     conn.execute("INSERT INTO bench_part.deliveries SELECT * FROM relay.deliveries")
     conn.execute("INSERT INTO bench_part.attempts SELECT * FROM relay.delivery_attempts")
