@@ -419,6 +419,7 @@ def scrape_metrics(
         "relay_delivery_attempts_total",
         "relay_fanout_deliveries_total",
         "relay_lost_lease_acks_total",
+        "relay_pruned_rows_total",
     ),
 ) -> dict[str, float]:
     """Selected counters from the relay's /metrics (found through /proc: it binds port 0)."""

@@ -20,6 +20,7 @@ import aiohttp
 import psycopg
 
 import relay
+from bench import retention
 from bench.harness import (
     Databases,
     MachineCpu,
@@ -62,6 +63,13 @@ class Settings:
     retry_backoff_ms: int = 100
     emit_txns_batch1: int = 2000
     emit_txns_batch100: int = 100
+    # retention (bench/retention.py)
+    history_n: int = 10_000_000
+    prune_history_n: int = 300_000
+    soak_rate: float = 200.0
+    soak_seconds: float = 600.0
+    soak_sample_s: float = 15.0
+    soak_retention: str = "120s"
     relay_env: dict[str, str] = field(default_factory=dict)
     py_spy: Path | None = None
 
@@ -78,6 +86,11 @@ class Settings:
             retry_n=5_000,
             emit_txns_batch1=300,
             emit_txns_batch100=20,
+            history_n=1_000_000,
+            prune_history_n=100_000,
+            soak_seconds=300.0,
+            soak_sample_s=10.0,
+            soak_retention="60s",
         )
 
 
@@ -1008,6 +1021,12 @@ SCENARIOS = {
     "scale": scale,
     "retry": retry,
     "emit": emit_cost,
+    "history": retention.history,
+    "prune_drain": retention.prune_drain,
+    "soak": retention.soak,
 }
 # Run order: the heavy scale scenario last, so a broken harness fails fast.
-RUN_ORDER = ["ceiling", "drain", "latency", "fanout", "retry", "emit", "scale"]
+RUN_ORDER = [
+    "ceiling", "drain", "latency", "fanout", "retry", "emit", "prune_drain", "soak", "history",
+    "scale",
+]  # fmt: skip

@@ -102,6 +102,34 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Beyond this a duration is a typo (and a timestamp minus it would overflow).
+_DURATION_MAX = 100 * 365 * 86400
+
+
+def duration_seconds(raw: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``30d``, ``2w`` in whole seconds; ValueError otherwise."""
+    match = _DURATION_RE.match(raw.strip().lower())
+    if not match:
+        raise ValueError("must be a duration like 90s, 15m, 2h, 30d")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not 0 < seconds <= _DURATION_MAX:
+        raise ValueError("must be between 1s and 100 years")
+    return seconds
+
+
+def _retention(raw: str) -> str:
+    """``off``, or a duration (kept as written, so --print-config shows what was asked)."""
+    value = raw.strip().lower()
+    if value != "off":
+        try:
+            duration_seconds(value)
+        except ValueError:
+            raise ValueError("must be a duration like 90s, 15m, 2h, 30d, or off") from None
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -217,6 +245,13 @@ SETTINGS: tuple[Setting, ...] = (
         "deliveries, never lose one. Set on behind a transaction pooler.",
     ),
     Setting(
+        "retention",
+        _retention,
+        "30d",
+        "Finished history (delivered/dead deliveries, their attempts and events) older than "
+        "this is pruned in small batches; off keeps everything.",
+    ),
+    Setting(
         "vacuum",
         _bool,
         True,
@@ -257,6 +292,7 @@ class Config:
     allowed_networks: str = ""
     pool_size: int = 8
     synchronous_commit: str = "off"
+    retention: str = "30d"
     vacuum: bool = True
     log_level: str = "info"
     log_format: str = "auto"
@@ -289,6 +325,11 @@ class Config:
     @property
     def effective_prefetch(self) -> int:
         return self.concurrency if self.prefetch is None else self.prefetch
+
+    @property
+    def retention_seconds(self) -> int | None:
+        """The retention in seconds; None when it is ``off``."""
+        return None if self.retention == "off" else duration_seconds(self.retention)
 
     @property
     def effective_relay_id(self) -> str:

@@ -132,6 +132,20 @@ class Metrics:
             "Relays that reported in the last minute",
             registry=r,
         )
+        # Retention (relay/daemon/pruner.py). The table label is one of relay's three history
+        # tables: outbox, deliveries, delivery_attempts.
+        self.history_bytes = Gauge(
+            "relay_history_bytes",
+            "Bytes on disk of a history table, its indexes and TOAST (pg_total_relation_size)",
+            ["table"],
+            registry=r,
+        )
+        self.pruned_rows = Counter(
+            "relay_pruned_rows_total",
+            "History rows deleted by retention pruning",
+            ["table"],
+            registry=r,
+        )
         # Labelled children by label values: ``labels()`` takes a lock and builds a key on
         # every call, which showed in profiles of the per-attempt path.
         self._children: dict[tuple[Any, ...], Any] = {}

@@ -176,7 +176,10 @@ def render_status(info: Mapping[str, Any]) -> str:
         f"(outbox {info['oldest_undispatched_age_seconds']:.1f}s, "
         f"deliveries {info['oldest_due_age_seconds']:.1f}s)",
         f"deliveries dead           {info['deliveries_dead']}",
-        f"deliveries delivered      {info['deliveries_delivered']}",
+        # "~": an estimate on a big table (see admin_status in relay/sql/queries/admin.sql)
+        f"deliveries delivered      "
+        f"{'~' if info.get('deliveries_delivered_estimated') else ''}"
+        f"{info['deliveries_delivered']}",
     ]
     relays = info["relays"]
     if relays:

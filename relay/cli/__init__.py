@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -21,10 +22,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from relay import admin
 from relay.admin import format as fmt
+from relay.admin import retention
 from relay.admin import validation as v
 from relay.admin.db import Conn, db_errors
 from relay.cli.parser import ParserExit, UsageError, build_parser
-from relay.config import SETTINGS, load, mask_url
+from relay.config import SETTINGS, duration_seconds, load, mask_url
 from relay.embedded import is_embedded, resolve_database_url
 from relay.errors import ConfigError, DatabaseError, EmitError, RelayError, ValidationError
 from relay.sql.migrate import migrate
@@ -232,6 +234,40 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _older_than(raw: str | None) -> tuple[str, int]:
+    """``relay prune``'s cutoff as (shown, seconds): --older-than, else the retention setting
+    (RELAY_RETENTION, default 30d)."""
+    if raw is not None:
+        try:
+            return raw.strip(), duration_seconds(raw)
+        except ValueError as exc:
+            raise ValidationError("older_than", f"{exc}; got {raw!r}") from None
+    setting = os.environ.get("RELAY_RETENTION", "").strip().lower() or "30d"
+    if setting == "off":
+        raise ValidationError(
+            "older_than", "RELAY_RETENTION is off (keep everything): give --older-than DURATION"
+        )
+    try:
+        return setting, duration_seconds(setting)
+    except ValueError as exc:
+        raise ConfigError(f"RELAY_RETENTION (retention): {exc} (got {setting!r})") from None
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    shown, seconds = _older_than(args.older_than)  # validated before connecting
+    with _connect(args) as conn:
+        counts = (
+            retention.preview(conn, seconds) if args.dry_run else retention.prune(conn, seconds)
+        )
+    if args.json:
+        print(fmt.to_json({"older_than": shown, "dry_run": args.dry_run, **counts}))
+    else:
+        verb = "would prune" if args.dry_run else "pruned"
+        print(f"{verb} history older than {shown}:")
+        print("\n".join(f"  {table:<18} {n}" for table, n in counts.items()))
+    return 0
+
+
 def _cmd_emit(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         outbox_id = admin.emit(
@@ -283,6 +319,7 @@ _HANDLERS: dict[str, Handler] = {
     "delivery list": _cmd_delivery_list,
     "delivery show": _cmd_delivery_show,
     "replay": _cmd_replay,
+    "prune": _cmd_prune,
     "emit": _cmd_emit,
     "status": _cmd_status,
     "event-type list": _cmd_event_type_list,

@@ -211,6 +211,20 @@ def build_parser() -> _Parser:
     )
     p.set_defaults(command="replay")
 
+    p = sub.add_parser(
+        "prune",
+        parents=[db, js],
+        help="delete finished history (delivered/dead deliveries, their attempts and events)",
+    )
+    p.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        help="what ended longer ago than this, e.g. 90s, 15m, 2h, 30d "
+        "(default: $RELAY_RETENTION, else 30d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.set_defaults(command="prune")
+
     p = sub.add_parser("emit", parents=[db], help="write one event to the outbox")
     p.add_argument("type", metavar="TYPE", help="event type, e.g. order.created")
     p.add_argument("payload", metavar="JSON", help="payload: a JSON object")

@@ -7,6 +7,7 @@ Tasks (all in one asyncio loop):
 - :class:`~relay.attempts.Attempts`: one task per HTTP attempt for the jobs both lease;
 - :class:`~relay.daemon.acker.Acker`: writes attempt outcomes in batches (one statement per batch);
 - housekeeping: heartbeat, shared gauges, lapsed ready jobs, the vacuum fallback;
+- :class:`~relay.daemon.pruner.Pruner`: retention (prunes finished history, history sizes);
 - the systemd watchdog, and the HTTP server for /metrics, /healthz and /readyz.
 
 Every DB failure in a loop is logged, reported on /readyz and retried with backoff: a
@@ -31,6 +32,7 @@ from relay.daemon.deliverer import Deliverer
 from relay.daemon.dispatcher import Dispatcher
 from relay.daemon.health import Health
 from relay.daemon.listener import Listener
+from relay.daemon.pruner import Pruner
 from relay.daemon.store import Store
 from relay.daemon.systemd import SystemdNotifier, watchdog_interval
 from relay.errors import ConfigError, DatabaseError
@@ -93,6 +95,7 @@ class Relay:
         )
         self.deliverer = Deliverer(config, self.store, self.metrics, self.attempts, self.stopping)
         self.listener = Listener(url, self._on_notify) if config.listen else None
+        self.pruner = Pruner(config, self.store, self.metrics, self.stopping)
         self.health = Health(self)
         self.notifier = SystemdNotifier()
         self.last_vacuum_check = time.monotonic()
@@ -257,6 +260,7 @@ class Relay:
             ),
             asyncio.create_task(self._guarded("deliverer", self.deliverer.step, cancellable=False)),
             asyncio.create_task(self._guarded("housekeeping", self._housekeeping_step)),
+            asyncio.create_task(self._guarded("pruner", self.pruner.step)),
         ]
         if self.listener is not None:
             background.append(asyncio.create_task(self.listener.run(self.stopping)))

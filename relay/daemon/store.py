@@ -342,3 +342,34 @@ class Store:
             row = await cur.fetchone()
         assert row is not None
         return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
+
+    # -- retention (relay/daemon/pruner.py) ---------------------------------------------------
+    async def prune_deliveries(self, older_than: float, limit: int) -> tuple[bool, int, int]:
+        """One batch: delete up to ``limit`` delivered and ``limit`` dead deliveries that ended
+        over ``older_than`` seconds ago, with their attempts. Returns (it was this relay's
+        turn, deliveries deleted, attempts deleted)."""
+        params = {"older_than": older_than, "limit": limit}
+        async with self._conn() as conn:
+            cur = await conn.execute(q("prune_deliveries"), params)
+            row = await cur.fetchone()
+        assert row is not None
+        return bool(row[0]), int(row[1]), int(row[2])
+
+    async def prune_outbox(
+        self, older_than: float, limit: int, after: int
+    ) -> tuple[bool, int, int | None, bool]:
+        """One batch of the outbox walk: look at ``limit`` rows after id ``after``. Returns
+        (our turn, rows deleted, last id looked at, the walk reached rows too young)."""
+        params = {"older_than": older_than, "limit": limit, "after": after}
+        async with self._conn() as conn:
+            cur = await conn.execute(q("prune_outbox"), params)
+            row = await cur.fetchone()
+        assert row is not None
+        last = None if row[2] is None else int(row[2])
+        return bool(row[0]), int(row[1]), last, bool(row[4]) or int(row[3]) < limit
+
+    async def history_bytes(self) -> dict[str, int]:
+        """``{table: bytes}`` of the history tables (table, indexes and TOAST)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(q("history_bytes"))
+            return {str(name): int(size) for name, size in await cur.fetchall()}

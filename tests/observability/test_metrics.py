@@ -27,6 +27,7 @@ ALLOWED_LABELS = {
     "connection",
     "version",
     "le",
+    "table",  # relay's three history tables (relay_history_bytes, relay_pruned_rows_total)
 }
 
 # Every metric DESIGN.md ("Observability") and docs/operating.md promise, with its labels.
@@ -52,6 +53,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "relay_claims_total": ("counter", {"kind"}),
     "relay_claimed_rows_total": ("counter", {"kind"}),
     "relay_fanout_deliveries_total": ("counter", set()),
+    "relay_history_bytes": ("gauge", {"table"}),
 }
 
 
@@ -199,6 +201,8 @@ async def test_metrics_match_the_database_and_labels_stay_bounded(
                 assert labels["outcome"] in ("delivered", "dead")
             if "result" in labels:
                 assert labels["result"] in ("2xx", "3xx", "4xx", "5xx", "timeout", "error")
+            if "table" in labels:
+                assert labels["table"] in ("outbox", "deliveries", "delivery_attempts")
 
 
 async def test_backlog_gauges_follow_the_database(

@@ -417,6 +417,20 @@ ALERT_SCENARIOS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "RelayHistoryGrowing": {
+        # 1 GiB a minute: projected far past 50 GiB once the 6h window has two points.
+        "series": {
+            f'relay_history_bytes{{{_A}, table="deliveries"}}': "0+1073741824x120",
+            f'relay_history_bytes{{{_B}, table="deliveries"}}': "0+1073741824x120",
+            f'relay_history_bytes{{{_A}, table="outbox"}}': "0x120",
+        },
+        "expect": {5: [], 90: [{"job": "relay", "severity": "warning"}]},
+    },
+    "RelayHistoryGrowing:flat": {
+        # Retention working: 10 GiB, flat.
+        "series": {f'relay_history_bytes{{{_A}, table="deliveries"}}': "10737418240x120"},
+        "expect": {90: []},
+    },
     "RelayLostLeases": {
         "series": {f"relay_lost_lease_acks_total{{{_A}}}": "0x10 2x20"},
         "expect": {

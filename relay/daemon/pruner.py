@@ -1,0 +1,107 @@
+"""Retention in ``relay run``: prune finished history in small batches, and report its size.
+
+Every :data:`PRUNE_INTERVAL` seconds (the contract: at least once a minute) a pass deletes
+what ended longer ago than ``--retention`` (``RELAY_RETENTION``, default 30d; ``off`` keeps
+everything):
+
+1. deliveries ``delivered``/``dead`` before the cutoff, with their attempts, a batch of at
+   most :data:`PRUNE_BATCH` of each status per statement, until a batch comes back short;
+2. outbox rows created before the cutoff, dispatched, with no delivery left: a walk of the
+   primary key from the oldest row, :data:`PRUNE_BATCH` rows a statement, until it reaches
+   rows too young to prune.
+
+Each batch is one short autocommit transaction (relay/sql/queries/retention.sql): it touches
+only finished rows, locks them SKIP LOCKED, and takes a transaction advisory lock so one
+relay prunes at a time (a relay that finds it taken leaves the pass to the other). Between
+batches the pruner rests at least as long as the batch took, so it never uses more than half
+of one connection and Postgres' time goes to delivery first.
+
+Every gauge interval it also reads ``relay_history_bytes{table}`` (pg_total_relation_size:
+catalog and file sizes, no rows read), with retention on or off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from relay.config import Config
+from relay.daemon.attempts import wait_for_event
+from relay.daemon.store import Store
+from relay.metrics import Metrics
+
+log = logging.getLogger("relay.pruner")
+
+# Tunables (module constants so tests and benchmarks can shrink them).
+PRUNE_INTERVAL = 30.0
+PRUNE_BATCH = 2000
+# The least rest between two batches; the rest is at least the batch's own duration too.
+PRUNE_PAUSE = 0.01
+
+
+class Pruner:
+    """The retention loop of one relay (see the module docstring)."""
+
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, stopping: asyncio.Event
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.stopping = stopping
+        self.retention = config.retention_seconds
+        self.last_pass = -float("inf")
+
+    async def step(self) -> None:
+        """Refresh the size gauges; prune if a pass is due; wait for the next interval."""
+        sizes = await self.store.history_bytes()
+        for table, size in sizes.items():
+            self.metrics.history_bytes.labels(table).set(size)
+        now = time.monotonic()
+        if self.retention is not None and now - self.last_pass >= PRUNE_INTERVAL:
+            self.last_pass = now
+            pruned = await self.prune_pass(float(self.retention))
+            if any(pruned.values()):
+                log.info(
+                    "pruned history older than %s: %s",
+                    self.config.retention,
+                    ", ".join(f"{n} {table}" for table, n in pruned.items()),
+                    extra={"pruned": pruned},
+                )
+        await wait_for_event(self.stopping, min(self.config.gauge_interval, PRUNE_INTERVAL))
+
+    async def prune_pass(self, older_than: float) -> dict[str, int]:
+        """Delete, batch by batch, what ended over ``older_than`` seconds ago; the counts."""
+        pruned = {"deliveries": 0, "delivery_attempts": 0, "outbox": 0}
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            ours, deliveries, attempts = await self.store.prune_deliveries(older_than, PRUNE_BATCH)
+            if not ours:
+                return pruned  # another relay is pruning: this pass is its
+            self._count(pruned, "deliveries", deliveries)
+            self._count(pruned, "delivery_attempts", attempts)
+            if deliveries < PRUNE_BATCH:
+                break
+            await self._rest(started)
+        after = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            ours, outbox, last, done = await self.store.prune_outbox(older_than, PRUNE_BATCH, after)
+            if not ours:
+                return pruned
+            self._count(pruned, "outbox", outbox)
+            if done or last is None:
+                break
+            after = last
+            await self._rest(started)
+        return pruned
+
+    def _count(self, pruned: dict[str, int], table: str, n: int) -> None:
+        pruned[table] += n
+        if n:
+            self.metrics.pruned_rows.labels(table).inc(n)
+
+    async def _rest(self, started: float) -> None:
+        # Rest as long as the batch took: pruning gets at most half of one connection.
+        await wait_for_event(self.stopping, max(PRUNE_PAUSE, time.monotonic() - started))
