@@ -127,6 +127,12 @@ class Metrics:
             "Age of the oldest pending delivery or undispatched outbox row",
             registry=r,
         )
+        self.credentials_encrypted = Gauge(
+            "relay_credentials_encrypted",
+            "1 when RELAY_ENCRYPTION_KEY is set: subscriptions' secrets and header values are "
+            "stored encrypted; 0 when they are stored in plain text",
+            registry=r,
+        )
         self.relays_seen = Gauge(
             "relay_instances_seen",
             "Relays that reported in the last minute",

@@ -15,8 +15,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from relay import outbox
+from relay import crypto, outbox
 from relay.admin import validation as v
+from relay.admin.credentials import credentials_status, rotate_key
 from relay.admin.db import Conn, db_errors, fetch_all, fetch_one
 from relay.admin.deliveries import (
     DEFAULT_LIMIT,
@@ -56,6 +57,7 @@ __all__ = [
     "remove_subscription",
     "replay",
     "replay_dead",
+    "rotate_key",
     "set_enabled",
     "status",
     "update_subscription",
@@ -70,7 +72,10 @@ def status(conn: Conn) -> dict[str, Any]:
 
     ``oldest_pending_age_seconds`` is the larger of the oldest undispatched outbox row's age
     and how long the most overdue due delivery has waited (0 when nothing waits).
+    ``credentials`` says whether this process has ``RELAY_ENCRYPTION_KEY`` and how many
+    subscriptions hold encrypted or plain-text credentials.
     """
+    keyring = crypto.load_keyring()
     with db_errors():
         row = fetch_one(conn, "admin_status")
         relays = fetch_all(conn, "admin_status_relays")
@@ -80,6 +85,7 @@ def status(conn: Conn) -> dict[str, Any]:
         out["oldest_undispatched_age_seconds"], out["oldest_due_age_seconds"]
     )
     out["relays"] = relays
+    out["credentials"] = credentials_status(conn, keyring)
     return out
 
 

@@ -181,9 +181,26 @@ def render_status(info: Mapping[str, Any]) -> str:
         f"{'~' if info.get('deliveries_delivered_estimated') else ''}"
         f"{info['deliveries_delivered']}",
     ]
+    creds = info.get("credentials")
+    if creds is not None:
+        lines.append(f"credentials at rest       {credentials_line(creds)}")
     relays = info["relays"]
     if relays:
         lines += ["", f"relays seen (last minute): {len(relays)}", table(relays, RELAY_COLUMNS)]
     else:
         lines += ["", "relays seen (last minute): none"]
     return "\n".join(lines)
+
+
+def credentials_line(creds: Mapping[str, Any]) -> str:
+    """``relay status``'s line on credentials at rest (see relay.admin.credentials)."""
+    plain = creds["subscriptions_plaintext"]
+    if not creds["encryption_key"]:
+        return (
+            f"NOT ENCRYPTED: RELAY_ENCRYPTION_KEY is not set "
+            f"({plain} subscription(s) with plain-text credentials)"
+        )
+    line = f"encrypted ({creds['subscriptions_encrypted']} subscription(s))"
+    if plain:
+        line += f"; {plain} still in plain text: run `relay rotate-key`"
+    return line

@@ -2,7 +2,9 @@
 
 Every write validates all of its input first and then runs in one transaction, so a refused
 command changes nothing. Listings never carry secrets or header values: they are masked here,
-at the source, so no caller can print them by accident.
+at the source, so no caller can print them by accident. With ``RELAY_ENCRYPTION_KEY`` set,
+secrets and header values are stored encrypted (:mod:`relay.crypto`): sealed in
+:func:`_params`, opened only where an update merges into the stored ones.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from relay import crypto
 from relay.admin import validation as v
 from relay.admin.db import Conn, db_errors, execute, fetch_all, fetch_one
 from relay.errors import NotFound, ValidationError
@@ -194,9 +197,10 @@ def _merged(conn: Conn, c: SubscriptionChanges, current: Mapping[str, Any]) -> d
     return row
 
 
-def _params(row: Mapping[str, Any]) -> dict[str, Any]:
+def _params(row: Mapping[str, Any], keyring: crypto.Keyring | None) -> dict[str, Any]:
     params = dict(row)
-    params["headers"] = Jsonb(row["headers"])
+    params["headers"] = Jsonb(crypto.seal_headers(row["headers"], keyring))
+    params["secret"] = crypto.seal_value(row["secret"], keyring)
     params["event_names"] = Jsonb(row["event_names"])
     params["events"] = list(row["events"])
     params["body_map"] = None if row["body_map"] is None else Jsonb(row["body_map"])
@@ -224,9 +228,10 @@ def add_subscription(conn: Conn, changes: SubscriptionChanges) -> SubscriptionRe
     )
     if any(clears):
         raise ValidationError("options", "--clear-* options only apply to `update`")
+    keyring = crypto.load_keyring()
     with db_errors(), conn.transaction():
         row = _merged(conn, changes, _DEFAULTS)
-        created = fetch_one(conn, "admin_subscription_insert", _params(row))
+        created = fetch_one(conn, "admin_subscription_insert", _params(row, keyring))
         assert created is not None
         new_id = int(created["id"])
         _notify(conn, new_id)
@@ -253,11 +258,15 @@ def update_subscription(
     """
     if changes.is_empty():
         raise ValidationError("options", "nothing to update: give at least one option")
+    keyring = crypto.load_keyring()
     with db_errors(), conn.transaction():
         current = _locked(conn, subscription_id)
+        # Merged and compared in plain text; every credential is sealed afresh on write.
+        current["headers"] = crypto.open_headers(current["headers"], keyring)
+        current["secret"] = crypto.open_value(current["secret"], keyring)
         row = _merged(conn, changes, current)
-        params = _params(row)
-        params["overlap_s"] = (
+        params = _params(row, keyring)
+        overlap_s = (
             DEFAULT_SECRET_OVERLAP_S
             if changes.secret_overlap_s is None
             else changes.secret_overlap_s
@@ -277,6 +286,18 @@ def update_subscription(
                     f"events that are not tenant {row['tenant_id']!r}'s; let them finish (or "
                     "disable the subscription and remove it) before changing its tenant",
                 )
+        params["overlap_s"] = overlap_s
+        # Decided here, not in SQL: ciphertexts of one secret differ on every write.
+        rotate = (
+            row["secret"] is not None
+            and current["secret"] is not None
+            and row["secret"] != current["secret"]
+            and overlap_s > 0
+        )
+        params["rotate"] = rotate
+        params["previous_secret"] = (
+            crypto.seal_value(current["secret"], keyring) if rotate else None
+        )
         execute(conn, "admin_subscription_update", params)
         if row["enabled"] != current["enabled"]:
             execute(conn, "admin_subscription_park", {"id": subscription_id})

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from relay import admin
+from relay import admin, crypto
 from relay.admin import format as fmt
 from relay.admin import retention
 from relay.admin import validation as v
@@ -303,6 +303,23 @@ def _cmd_event_type_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encryption_key_generate(args: argparse.Namespace) -> int:
+    print(crypto.generate_key())
+    return 0
+
+
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    keyring = crypto.load_keyring()
+    with _connect(args) as conn:
+        result = admin.rotate_key(conn, keyring)
+    print(
+        f"re-encrypted {len(result.reencrypted)} subscription(s) with the current key, "
+        f"encrypted {len(result.encrypted)} from plain text, "
+        f"{result.current} already current"
+    )
+    return 0
+
+
 # Entry point ------------------------------------------------------------------------------------
 
 
@@ -324,6 +341,8 @@ _HANDLERS: dict[str, Handler] = {
     "status": _cmd_status,
     "event-type list": _cmd_event_type_list,
     "event-type add": _cmd_event_type_add,
+    "encryption-key generate": _cmd_encryption_key_generate,
+    "rotate-key": _cmd_rotate_key,
     "demo": lambda args: _cmd_demo([]),
 }
 
@@ -336,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The demo parses its own flags; everything after `demo` is passed on untouched.
             return _cmd_demo(arguments[1:])
         args = build_parser().parse_args(arguments)
+        if args.command != "encryption-key generate":
+            # Every command checks RELAY_ENCRYPTION_KEY up front: a malformed key is a
+            # configuration error (exit 2) before anything is read or written.
+            crypto.load_keyring()
         return _HANDLERS[args.command](args)
     except ParserExit as exc:
         return exc.status

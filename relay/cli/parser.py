@@ -236,6 +236,17 @@ def build_parser() -> _Parser:
     p = sub.add_parser("status", parents=[db, js], help="backlog, dead count, relays seen")
     p.set_defaults(command="status")
 
+    p = sub.add_parser("encryption-key", help="keys for RELAY_ENCRYPTION_KEY")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("generate", help="print a new key alone on stdout")
+    a.set_defaults(command="encryption-key generate")
+    p = sub.add_parser(
+        "rotate-key",
+        parents=[db],
+        help="encrypt every subscription's credentials with the first RELAY_ENCRYPTION_KEY key",
+    )
+    p.set_defaults(command="rotate-key")
+
     p = sub.add_parser("event-type", help="the event-type catalog")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("list", parents=[db, js], help="list event types")

@@ -66,6 +66,7 @@ class Relay:
             relay_id=self.relay_id,
             synchronous_commit=config.synchronous_commit,
         )
+        self.metrics.credentials_encrypted.set(0 if self.store.keyring is None else 1)
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
@@ -302,12 +303,40 @@ def main(config: Config) -> int:
     url = resolve_database_url(config.database_url, config.state_dir)
     if config.database_url is None:
         migrate_embedded(url)
+    _check_credentials(url)
     relay = Relay(config, url)
     _tune_gc()
     try:
         return _run_loop(relay.run())
     except KeyboardInterrupt:
         return 0
+
+
+def _check_credentials(url: str) -> None:
+    """RELAY_ENCRYPTION_KEY at start: a warning without one; a :class:`ConfigError` (exit 2,
+    relay does not start) when stored credentials are encrypted and it cannot decrypt them,
+    rather than failing every delivery. Best effort: with the database not reachable yet,
+    relay starts and such a delivery fails with the same reason (relay.daemon.store)."""
+    import psycopg
+
+    from relay import crypto
+    from relay.admin.credentials import check_readable
+
+    keyring = crypto.load_keyring()  # a malformed key: ConfigError
+    if keyring is None:
+        log.warning(
+            "RELAY_ENCRYPTION_KEY is not set: subscriptions' signing secrets and header values "
+            "are stored in plain text (see `relay encryption-key generate`)"
+        )
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error:
+        return
+    with conn:
+        try:
+            check_readable(conn, keyring)
+        except DatabaseError:
+            return  # no schema yet: nothing stored to check
 
 
 def _tune_gc() -> None:

@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from relay import __version__
+from relay import __version__, crypto
 from relay.errors import DatabaseError
 from relay.sql import q
 
@@ -144,6 +144,36 @@ def connection_kwargs(url: str, synchronous_commit: str) -> dict[str, Any]:
     return kwargs
 
 
+class Unopenable(dict[str, str]):
+    """Stands in for the headers of a job whose credentials cannot be decrypted (no
+    RELAY_ENCRYPTION_KEY, or not the key they were encrypted with): its attempt fails with
+    ``reason`` and nothing is sent, instead of sending ciphertext or failing the batch."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def _open_credentials(jobs: list[Job], keyring: crypto.Keyring | None) -> list[Job]:
+    """Decrypt the jobs' secrets and header values (plain ones pass through), in place.
+
+    Here, after the rows are fetched, so the claim SQL stays unaware of encryption; the
+    keyring caches each ciphertext's plain text, so a subscription costs one decryption.
+    """
+    for job in jobs:
+        try:
+            if job.headers:
+                job.headers = crypto.open_headers(job.headers, keyring)
+            if job.secret is not None:
+                job.secret = crypto.open_value(job.secret, keyring)
+            if job.previous_secret is not None:
+                job.previous_secret = crypto.open_value(job.previous_secret, keyring)
+        except crypto.CredentialsError as exc:
+            job.headers = Unopenable(str(exc))
+            job.secret = job.previous_secret = None
+    return jobs
+
+
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(_loads, conn)
 
@@ -161,6 +191,8 @@ class Store:
     ) -> None:
         self.url = url
         self.relay_id = relay_id
+        # RELAY_ENCRYPTION_KEY (None: credentials are stored, and read, in plain text).
+        self.keyring = crypto.load_keyring()
         self.pool = AsyncConnectionPool(
             url,
             min_size=min(2, pool_size),
@@ -237,7 +269,8 @@ class Store:
             rows = await cur.fetchall()
         # (dispatched, deliveries, then a job's columns; one row with no job if none leased)
         dispatched, created = int(rows[0][0]), int(rows[0][1])
-        return dispatched, created, [_job(row, token, 2) for row in rows if row[2] is not None]
+        jobs = [_job(row, token, 2) for row in rows if row[2] is not None]
+        return dispatched, created, _open_credentials(jobs, self.keyring)
 
     async def claim(
         self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()
@@ -254,7 +287,7 @@ class Store:
         async with self._conn() as conn:
             cur = await conn.execute(q("claim_deliveries"), params)
             rows = await cur.fetchall()
-        return [_job(row, token, 0) for row in rows]
+        return _open_credentials([_job(row, token, 0) for row in rows], self.keyring)
 
     async def ack(self, acks: Sequence[Ack]) -> set[int]:
         """Record attempt outcomes in one statement; return the ids whose lease was still ours."""

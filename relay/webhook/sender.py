@@ -20,7 +20,8 @@ import aiohttp
 from yarl import URL
 
 from relay import __version__
-from relay.daemon.store import Ack, Job, Undecodable
+from relay.crypto import CredentialsError
+from relay.daemon.store import Ack, Job, Undecodable, Unopenable
 from relay.errors import MappingError
 from relay.webhook.body import (
     build_notification,
@@ -80,8 +81,11 @@ def webhook_id(job: Job) -> str:
 def prepare(job: Job, timestamp: int) -> Prepared:
     """Build the request of one attempt: mapped body or query, subscription and signature headers.
 
-    Raises :class:`MappingError` when the subscription's body map cannot be applied.
+    Raises :class:`MappingError` when the subscription's body map cannot be applied, and
+    :class:`CredentialsError` when its credentials could not be decrypted.
     """
+    if isinstance(job.headers, Unopenable):
+        raise CredentialsError(job.headers.reason)
     if isinstance(job.payload, Undecodable):
         raise MappingError(job.payload.reason)
     notification = build_notification(job.event_type, job.version, job.payload, job.event_names)
@@ -197,6 +201,10 @@ class HttpSender:
             return Result(
                 started, elapsed(), error=f"cannot build the request: {exc}", error_kind="mapping"
             )
+        except CredentialsError as exc:
+            # Failed like any attempt (retried, then dead, replayable once the key is fixed);
+            # nothing is sent: no request without its credentials, nor with ciphertext.
+            return Result(started, elapsed(), error=str(exc), error_kind="credentials")
         refused = self._refused_literal(prepared.url.host or "")
         if refused is not None:
             return Result(started, elapsed(), error=refused, error_kind="forbidden")

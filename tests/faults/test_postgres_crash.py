@@ -39,6 +39,25 @@ def _bin(name: str) -> str | None:
     return found[-1] or None
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a reaped-later zombie holds nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class Cluster:
     def __init__(self, root: Path) -> None:
         initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
@@ -47,6 +66,7 @@ class Cluster:
                 raise AssertionError("initdb/pg_ctl not found: CI must have Postgres installed")
             pytest.skip("initdb/pg_ctl not found (Postgres server binaries)")
         self.pg_ctl = pg_ctl
+        self.root = root
         self.data = root / "pgdata"
         root.mkdir(parents=True, exist_ok=True)
         self.user: list[str] = []
@@ -72,28 +92,34 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.data / "log"), "-w", "start")
+        log = self.data / "log"
+        try:
+            self._run(self.pg_ctl, "-D", str(self.data), "-l", str(log), "-w", "start")
+        except AssertionError as exc:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise AssertionError(f"{exc}\nserver log:\n{tail}") from None
 
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def crash(self) -> None:
-        """SIGKILL the postmaster, then its orphaned backends: what a power cut leaves."""
+        """SIGKILL the postmaster and every backend it started: what a power cut leaves."""
         pid = self.postmaster_pid()
-        os.kill(pid, signal.SIGKILL)
+        family = [pid, *_children(pid)]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            survivors = subprocess.run(
-                ["pgrep", "-f", f"postgres: .*{self.port}|{self.data}"],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            if not survivors:
-                return
-            for other in survivors:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(other), signal.SIGKILL)
-            time.sleep(0.1)
+        while any(_running(member) for member in family):
+            assert time.monotonic() < deadline, "the killed server's processes did not exit"
+            time.sleep(0.05)
+        # The killed postmaster may linger as a zombie (not every container's init reaps
+        # orphans), and a new postmaster takes a live pid in the lock file for a running
+        # server. Every process is dead by now, so the stale lock file goes, as an operator
+        # would remove it after a crash.
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        for stale in self.root.glob(".s.PGSQL.*"):  # the socket's own lock file, likewise
+            stale.unlink(missing_ok=True)
 
     def stop(self) -> None:
         subprocess.run(

@@ -37,6 +37,7 @@ REQUIRED_ALERTS = {
     "RelayDown",
     "RelayHighFailureRatio",
     "RelayDatabaseDisconnected",
+    "RelayCredentialsNotEncrypted",
 }
 
 # The metrics the Observability contract promises, each of which the dashboard must show.
@@ -436,6 +437,18 @@ ALERT_SCENARIOS: dict[str, dict[str, Any]] = {
         "expect": {
             5: [],
             15: [{"job": "relay", "instance": "relay-a:9465", "severity": "warning"}],
+        },
+    },
+    "RelayCredentialsNotEncrypted": {
+        # Relay A runs without a key (then gets one at minute 40); relay B always had one.
+        "series": {
+            f"relay_credentials_encrypted{{{_A}}}": "0x40 1x20",
+            f"relay_credentials_encrypted{{{_B}}}": "1x60",
+        },
+        "expect": {
+            10: [],
+            30: [{"job": "relay", "instance": "relay-a:9465", "severity": "warning"}],
+            55: [],
         },
     },
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import crypto
 from relay.config import SETTINGS, Setting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +155,8 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
 
 
 def test_env_example_mentions_no_unknown_setting() -> None:
-    known = {s.env for s in SETTINGS}
+    # RELAY_ENCRYPTION_KEY is read from the environment only (never a flag: ps would show it).
+    known = {s.env for s in SETTINGS} | {crypto.ENV}
     mentioned = set(re.findall(r"\bRELAY_[A-Z0-9_]+", ENV_EXAMPLE.read_text()))
     assert mentioned - known == set()
 
@@ -244,3 +246,9 @@ def test_stub_substitution_keeps_present_programs(tmp_path: Path) -> None:
     out = _with_runnable_commands(text, stub)
     assert f"ExecStart={stub} run" in out
     assert "ExecReload=-/bin/sh -c true" in out
+
+
+def test_env_example_documents_the_encryption_key_commented_out() -> None:
+    text = ENV_EXAMPLE.read_text()
+    assert f"#{crypto.ENV}=\n" in text
+    assert "relay encryption-key generate" in text and "relay rotate-key" in text

@@ -54,16 +54,15 @@ UPDATE relay.subscriptions SET
     event_names = %(event_names)s,
     body_map = %(body_map)s,
     secret = %(secret)s,
-    -- Rotation: a secret replaced by another keeps signing for the overlap (the right-hand
-    -- sides see the old row). Clearing the secret stops signing at once.
+    -- Rotation (`rotate`: a secret replaced by another, overlap > 0, decided in Python since
+    -- stored secrets may be ciphertexts): the replaced one, %(previous_secret)s, keeps signing
+    -- for the overlap. Clearing the secret or overlap 0 stops it at once and forgets it.
     previous_secret = CASE
-        WHEN %(secret)s::text IS NOT NULL AND secret IS NOT NULL
-             AND %(secret)s::text <> secret AND %(overlap_s)s::int > 0 THEN secret
+        WHEN %(rotate)s::bool THEN %(previous_secret)s::text
+        WHEN %(secret)s::text IS NULL OR %(overlap_s)s::int = 0 THEN NULL
         ELSE previous_secret END,
     previous_secret_expires_at = CASE
-        WHEN %(secret)s::text IS NOT NULL AND secret IS NOT NULL
-             AND %(secret)s::text <> secret AND %(overlap_s)s::int > 0
-            THEN now() + make_interval(secs => %(overlap_s)s::int)
+        WHEN %(rotate)s::bool THEN now() + make_interval(secs => %(overlap_s)s::int)
         WHEN %(secret)s::text IS NULL OR %(overlap_s)s::int = 0 THEN NULL
         ELSE previous_secret_expires_at END,
     tenant_id = %(tenant_id)s,
