@@ -8,6 +8,7 @@ lines under systemd); uvicorn's own loggers are routed there too.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import uvicorn
@@ -35,6 +36,10 @@ def open_pool(url: str, size: int) -> ConnectionPool[Any]:
     # Not waiting: the API starts (and /healthz says 503) while the database is down.
     pool.open(wait=False)
     return pool
+
+
+def _drained(signum: int, frame: object) -> None:
+    """The signal came back from uvicorn after its graceful shutdown: nothing left to do."""
 
 
 def main(config: ApiConfig) -> int:
@@ -77,6 +82,10 @@ def main(config: ApiConfig) -> int:
             "relay api listening",
             extra={"api_addr": config.api_addr, "metrics_addr": config.api_metrics_addr},
         )
+        # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was
+        # installed before it ran; a no-op one makes the drained stop a normal exit 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _drained)
         server.run()
         log.info("relay api stopped")
         return 0 if server.started else 1
