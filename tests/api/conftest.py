@@ -48,7 +48,6 @@ class Api:
         return key
 
 
-
 @contextlib.contextmanager
 def serve(database_url: str, max_body_bytes: int = 64 * 1024) -> Iterator[tuple[str, ApiMetrics]]:
     pool = open_pool(database_url, 4)

@@ -19,7 +19,7 @@ def make_delivery(
 ) -> int:
     """A delivery of a fresh event of ``tenant`` to ``sub_id``, with ``attempts`` attempts."""
     row = conn.execute(
-        "SELECT relay.emit(%s, '{\"orderId\": \"o-1\"}'::jsonb, tenant_id => %s)",
+        'SELECT relay.emit(%s, \'{"orderId": "o-1"}\'::jsonb, tenant_id => %s)',
         (event_type, tenant),
     ).fetchone()
     assert row is not None

@@ -77,7 +77,10 @@ def test_metrics_are_served_on_their_own_port(database_url: str, tmp_path: Path)
         headers = {"Authorization": f"Bearer {key}"}
         assert httpx.get(f"{api.url}/v1/subscriptions/42", headers=headers).status_code == 404
         text = httpx.get(api.metrics_url + "/metrics").text
-        assert 'relay_api_requests_total{route="/v1/subscriptions/{subscription_id}",status="404"}' in text
+        assert (
+            'relay_api_requests_total{route="/v1/subscriptions/{subscription_id}",status="404"}'
+            in text
+        )
         assert "relay_api_request_duration_seconds_bucket" in text
         assert httpx.get(api.url + "/metrics").status_code == 404  # not on the API's address
 

@@ -104,7 +104,9 @@ def test_subscription_pages_follow_the_cursor(api: Api) -> None:
                 break
             # A row added between pages does not shift the ones still to come (keyset).
             if len(seen) == 2:
-                ids.append(c.post("/v1/subscriptions", json={"url": "https://e.com/x"}).json()["id"])
+                ids.append(
+                    c.post("/v1/subscriptions", json={"url": "https://e.com/x"}).json()["id"]
+                )
         assert seen == ids
 
 
@@ -113,7 +115,9 @@ def test_deliveries_list_show_filter_and_page(api: Api) -> None:
         sub = make_subscription(conn, "acme")
         other = make_subscription(conn, "acme")
         dead = make_delivery(conn, sub, tenant="acme", status="dead", attempts=2)
-        ok = make_delivery(conn, sub, tenant="acme", status="delivered", event_type="test.processed")
+        ok = make_delivery(
+            conn, sub, tenant="acme", status="delivered", event_type="test.processed"
+        )
         pend = make_delivery(conn, other, tenant="acme", status="pending", attempts=0)
     with api.client(api.keys["acme"]) as c:
         page = c.get("/v1/deliveries").json()
