@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint typecheck demo bench clean
+.PHONY: install test test-fast lint typecheck demo bench openapi clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(STAMP)
 ## bench: throughput/latency benchmark (not run by CI)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## openapi: regenerate docs/openapi.json from the API's models (a test checks it is current)
+openapi: $(STAMP)
+	$(BIN)/python -m relay.api.openapi docs/openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

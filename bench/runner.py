@@ -27,7 +27,7 @@ from bench.harness import (
 )
 from bench.scenarios import RUN_ORDER, SCENARIOS, Context, Settings
 
-TABLE_ORDER = ["ceiling", "drain", "latency", "fanout", "scale", "retry", "emit"]
+TABLE_ORDER = ["ceiling", "drain", "latency", "fanout", "scale", "retry", "emit", "api"]
 # Scenarios whose figures are in the JSON results only (no row in the printed table).
 OTHER_SCENARIOS = ["prune_drain", "soak", "history"]
 
@@ -293,6 +293,14 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _get(r, "storm_keyed", "requests_failed"),
                 ),
             )
+        elif name == "api":
+            lat = r.get("latency", {})
+            for kind in ("operator_list", "tenant_list", "operator_show", "tenant_show"):
+                add("8 api", f"{kind} p99 ({r.get('history_deliveries')} deliveries)",
+                    _get(lat, kind, "p99_ms"), "ms")  # fmt: skip
+            add("8 api", "worst p99 of list/show (target <= 20)", lat.get("worst_p99_ms"), "ms")
+            add("8 api", "drain rate with API load / without (target >= 0.95)",
+                _get(r, "drain", "ratio_loaded_to_alone"))  # fmt: skip
         elif name == "emit":
             for b in (1, 100):
                 e = r.get(f"batch_{b}", {})

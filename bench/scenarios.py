@@ -1013,7 +1013,15 @@ def emit_cost(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def api(ctx: Context) -> dict[str, Any]:
+    """``relay api`` list/show latency over 1M deliveries, and drain rate under API load."""
+    from bench.api import api_scenario
+
+    return api_scenario(ctx, _drain, _strip)
+
+
 SCENARIOS = {
+    "api": api,
     "ceiling": ceiling,
     "drain": drain,
     "latency": latency,
@@ -1027,6 +1035,6 @@ SCENARIOS = {
 }
 # Run order: the heavy scale scenario last, so a broken harness fails fast.
 RUN_ORDER = [
-    "ceiling", "drain", "latency", "fanout", "retry", "emit", "prune_drain", "soak", "history",
-    "scale",
+    "ceiling", "drain", "latency", "fanout", "retry", "emit", "api", "prune_drain", "soak",
+    "history", "scale",
 ]  # fmt: skip

@@ -24,6 +24,11 @@ class NotFound(RelayError):
     """A subscription, delivery or event type does not exist."""
 
 
+class Conflict(RelayError):
+    """The request cannot be done in the object's current state (a replay of a delivery in
+    flight); trying again later may work."""
+
+
 class EmitError(RelayError):
     """An event could not be written to the outbox (unknown type, bad payload)."""
 

@@ -4,9 +4,11 @@ The ``relay`` CLI is a thin shell over these; tests and scripts can call them di
 Writes run in ``conn.transaction()``: on an autocommit connection each call commits on its
 own; inside a caller's transaction it becomes a savepoint and the caller decides.
 
-Subscriptions live in :mod:`relay.admin_subscriptions`, deliveries and replay in
-:mod:`relay.admin_deliveries`; everything is re-exported here. This module holds status,
-the event-type catalog and ``emit``.
+Subscriptions live in :mod:`relay.admin.subscriptions`, deliveries and replay in
+:mod:`relay.admin.deliveries`, API keys in :mod:`relay.admin.apikeys`; everything is
+re-exported here. The subscription and delivery operations take a keyword-only ``tenant``
+scope (None = everything): the CLI, the HTTP API and the portal share that one rule. This
+module holds status, the event-type catalog and ``emit``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from typing import Any
 
 from relay import crypto, outbox
 from relay.admin import validation as v
+from relay.admin.apikeys import (
+    Principal,
+    authenticate,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from relay.admin.credentials import credentials_status, rotate_key
 from relay.admin.db import Conn, db_errors, fetch_all, fetch_one
 from relay.admin.deliveries import (
@@ -44,19 +53,24 @@ __all__ = [
     "DEFAULT_LIMIT",
     "GENERATE",
     "STATUSES",
+    "Principal",
     "SubscriptionChanges",
     "SubscriptionResult",
     "add_event_type",
     "add_subscription",
+    "authenticate",
+    "create_api_key",
     "emit",
     "get_delivery",
     "get_subscription",
+    "list_api_keys",
     "list_deliveries",
     "list_event_types",
     "list_subscriptions",
     "remove_subscription",
     "replay",
     "replay_dead",
+    "revoke_api_key",
     "rotate_key",
     "set_enabled",
     "status",

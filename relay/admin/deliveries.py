@@ -4,6 +4,10 @@ Replay gives a delivery a fresh retry budget (``failures = 0``, due now, no leas
 keeping its history: ``attempts`` keeps counting and every ``delivery_attempts`` row stays.
 It wakes running relays with ``pg_notify('relay_deliveries', '')`` in the same transaction, so
 the notification is only sent if the replay commits.
+
+Tenant scope: each operation takes a keyword-only ``tenant`` (see
+:mod:`relay.admin.subscriptions`): a tenant sees the deliveries of its own subscriptions that
+carry its own events, and any other delivery is :class:`NotFound` exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from relay.admin.db import Conn, db_errors, execute, fetch_all, fetch_one
-from relay.errors import NotFound, ValidationError
+from relay.errors import Conflict, NotFound, ValidationError
 
 STATUSES = ("pending", "delivered", "dead")
 DEFAULT_LIMIT = 100
@@ -28,8 +32,13 @@ def list_deliveries(
     subscription_id: int | None = None,
     event_type: str | None = None,
     limit: int = DEFAULT_LIMIT,
+    tenant: str | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Deliveries matching every given filter, newest first, at most ``limit``."""
+    """Deliveries matching every given filter, newest first, at most ``limit``.
+
+    ``tenant`` limits them to that tenant's; ``before`` (an id) starts a keyset page.
+    """
     if status is not None and status not in STATUSES:
         raise ValidationError("status", f"must be one of {', '.join(STATUSES)}, got {status!r}")
     if not 1 <= limit <= MAX_LIMIT:
@@ -39,19 +48,24 @@ def list_deliveries(
         "subscription_id": subscription_id,
         "event_type": event_type,
         "limit": limit,
+        "tenant": tenant,
+        "before": before,
     }
+    query = "admin_delivery_list" if tenant is None else "admin_delivery_list_tenant"
     with db_errors():
-        return fetch_all(conn, "admin_delivery_list", params)
+        return fetch_all(conn, query, params)
 
 
-def get_delivery(conn: Conn, delivery_id: int) -> dict[str, Any]:
+def get_delivery(conn: Conn, delivery_id: int, *, tenant: str | None = None) -> dict[str, Any]:
     """One delivery with its event and its whole attempt history (``attempt_history``).
+
+    :class:`NotFound` if it does not exist or, with ``tenant``, is not that tenant's.
 
     Response bodies are cut to :data:`RESPONSE_BODY_LIMIT` characters
     (``response_truncated`` says when).
     """
     with db_errors():
-        row = fetch_one(conn, "admin_delivery_get", {"id": delivery_id})
+        row = fetch_one(conn, "admin_delivery_get", {"id": delivery_id, "tenant": tenant})
         if row is None:
             raise NotFound(f"delivery {delivery_id} not found")
         row["attempt_history"] = fetch_all(
@@ -60,18 +74,20 @@ def get_delivery(conn: Conn, delivery_id: int) -> dict[str, Any]:
     return row
 
 
-def replay(conn: Conn, delivery_ids: Iterable[int]) -> int:
+def replay(conn: Conn, delivery_ids: Iterable[int], *, tenant: str | None = None) -> int:
     """Replay the given deliveries (any status); return how many.
 
-    All or nothing: an unknown id raises :class:`NotFound` naming every unknown id, and a
-    delivery of a removed subscription raises :class:`ValidationError`; nothing is replayed.
+    All or nothing: an unknown id (or, with ``tenant``, another tenant's) raises
+    :class:`NotFound` naming every such id, a delivery of a removed subscription raises
+    :class:`ValidationError`, and one in flight (leased, its request may be under way) raises
+    :class:`Conflict` rather than send it twice; nothing is replayed.
     """
     ids = sorted(set(delivery_ids))
     if not ids:
         raise ValidationError("id", "give at least one delivery id")
     with db_errors(), conn.transaction():
         # FOR UPDATE: a concurrent `subscription remove` cannot slip in between check and write.
-        owners = fetch_all(conn, "admin_delivery_owners", {"ids": ids})
+        owners = fetch_all(conn, "admin_delivery_owners", {"ids": ids, "tenant": tenant})
         missing = sorted(set(ids) - {row["id"] for row in owners})
         if missing:
             noun = "delivery" if len(missing) == 1 else "deliveries"
@@ -86,15 +102,14 @@ def replay(conn: Conn, delivery_ids: Iterable[int]) -> int:
         in_flight = [row for row in owners if row["in_flight"]]
         if in_flight:
             # Clearing a running attempt's lease would send it twice (DESIGN: refuse).
-            raise ValidationError(
-                "id",
+            raise Conflict(
                 "cannot replay deliveries in flight (an attempt may be running; replay once "
                 "it ends): "
                 + ", ".join(
                     f"{row['id']} (relay {row['lease_owner']}, lease until "
                     f"{row['lease_until']:%Y-%m-%d %H:%M:%S%z})"
                     for row in in_flight
-                ),
+                )
             )
         foreign = sorted(row["id"] for row in owners if row["foreign_tenant"])
         if foreign:
@@ -109,7 +124,11 @@ def replay(conn: Conn, delivery_ids: Iterable[int]) -> int:
 
 
 def replay_dead(
-    conn: Conn, *, subscription_id: int | None = None, since: datetime | None = None
+    conn: Conn,
+    *,
+    subscription_id: int | None = None,
+    since: datetime | None = None,
+    tenant: str | None = None,
 ) -> int:
     """Replay every dead delivery (of one subscription / dead since ``since``); return how many.
 
@@ -117,11 +136,15 @@ def replay_dead(
     """
     with db_errors(), conn.transaction():
         if subscription_id is not None:
-            exists = fetch_one(conn, "admin_subscription_get", {"id": subscription_id})
+            exists = fetch_one(
+                conn, "admin_subscription_get", {"id": subscription_id, "tenant": tenant}
+            )
             if exists is None:
                 raise NotFound(f"subscription {subscription_id} not found")
         count = execute(
-            conn, "admin_replay_dead", {"subscription_id": subscription_id, "since": since}
+            conn,
+            "admin_replay_dead",
+            {"subscription_id": subscription_id, "since": since, "tenant": tenant},
         )
         if count:
             execute(conn, "admin_notify_deliveries")

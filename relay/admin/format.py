@@ -158,6 +158,16 @@ RELAY_COLUMNS: list[Column] = [
 ]
 
 
+API_KEY_COLUMNS: list[Column] = [
+    ("ID", lambda r: r["id"]),
+    ("NAME", lambda r: r["name"] or None),
+    ("TENANT", lambda r: r["tenant_id"]),
+    ("CREATED", lambda r: r["created_at"]),
+    ("LAST USED", lambda r: r["last_used_at"]),
+    ("REVOKED", lambda r: r["revoked_at"]),
+]
+
+
 def render_delivery(row: Mapping[str, Any]) -> str:
     """``delivery show``: the delivery's fields, then its attempts."""
     text = fields(row, DELIVERY_FIELDS)

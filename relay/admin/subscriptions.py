@@ -5,10 +5,17 @@ command changes nothing. Listings never carry secrets or header values: they are
 at the source, so no caller can print them by accident. With ``RELAY_ENCRYPTION_KEY`` set,
 secrets and header values are stored encrypted (:mod:`relay.crypto`): sealed in
 :func:`_params`, opened only where an update merges into the stored ones.
+
+Tenant scope: every operation takes a keyword-only ``tenant``. ``None`` (the CLI, operator
+API keys) sees everything; a tenant id limits it to that tenant's subscriptions, and another
+tenant's subscription raises :class:`NotFound` with the same message, from the same
+statement, as one that does not exist. The HTTP API (``relay.api``) and the tenant portal
+share this one rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,11 +218,26 @@ def _notify(conn: Conn, subscription_id: int) -> None:
     execute(conn, "admin_notify_subscriptions", {"id": subscription_id})
 
 
-def add_subscription(conn: Conn, changes: SubscriptionChanges) -> SubscriptionResult:
+def _check_tenant_scope(changes: SubscriptionChanges, tenant: str | None) -> None:
+    """A tenant-scoped caller may only keep its subscriptions in its own tenant."""
+    if tenant is None:
+        return
+    if changes.clear_tenant or (changes.tenant_id is not None and changes.tenant_id != tenant):
+        raise ValidationError("tenant", f"a key of tenant {tenant!r} can only use that tenant")
+
+
+def add_subscription(
+    conn: Conn, changes: SubscriptionChanges, *, tenant: str | None = None
+) -> SubscriptionResult:
     """Create a subscription; return its id (and the secret, if one was generated).
 
-    Raises :class:`ValidationError` naming the field for any bad input; nothing is written.
+    With ``tenant`` (scoped caller) the subscription belongs to that tenant, and asking for
+    another one is a :class:`ValidationError`. Raises :class:`ValidationError` naming the field
+    for any bad input; nothing is written.
     """
+    _check_tenant_scope(changes, tenant)
+    if tenant is not None:
+        changes = dataclasses.replace(changes, tenant_id=tenant)
     if changes.url is None:
         raise ValidationError("url", "is required")
     clears = (
@@ -239,8 +261,8 @@ def add_subscription(conn: Conn, changes: SubscriptionChanges) -> SubscriptionRe
     return SubscriptionResult(new_id, generated)
 
 
-def _locked(conn: Conn, subscription_id: int) -> dict[str, Any]:
-    row = fetch_one(conn, "admin_subscription_lock", {"id": subscription_id})
+def _locked(conn: Conn, subscription_id: int, tenant: str | None = None) -> dict[str, Any]:
+    row = fetch_one(conn, "admin_subscription_lock", {"id": subscription_id, "tenant": tenant})
     if row is None:
         raise NotFound(f"subscription {subscription_id} not found")
     if row["removed_at"] is not None:
@@ -249,18 +271,19 @@ def _locked(conn: Conn, subscription_id: int) -> dict[str, Any]:
 
 
 def update_subscription(
-    conn: Conn, subscription_id: int, changes: SubscriptionChanges
+    conn: Conn, subscription_id: int, changes: SubscriptionChanges, *, tenant: str | None = None
 ) -> SubscriptionResult:
     """Change a subscription's fields (see :class:`SubscriptionChanges` for merge rules).
 
-    Raises :class:`NotFound` for an unknown or removed id and :class:`ValidationError` for bad
-    input; either way nothing is written.
+    Raises :class:`NotFound` for an unknown or removed id (or another tenant's, with
+    ``tenant``) and :class:`ValidationError` for bad input; either way nothing is written.
     """
     if changes.is_empty():
         raise ValidationError("options", "nothing to update: give at least one option")
+    _check_tenant_scope(changes, tenant)
     keyring = crypto.load_keyring()
     with db_errors(), conn.transaction():
-        current = _locked(conn, subscription_id)
+        current = _locked(conn, subscription_id, tenant)
         # Merged and compared in plain text; every credential is sealed afresh on write.
         current["headers"] = crypto.open_headers(current["headers"], keyring)
         current["secret"] = crypto.open_value(current["secret"], keyring)
@@ -307,25 +330,28 @@ def update_subscription(
     return SubscriptionResult(subscription_id, generated, changed)
 
 
-def set_enabled(conn: Conn, subscription_id: int, enabled: bool) -> None:
+def set_enabled(
+    conn: Conn, subscription_id: int, enabled: bool, *, tenant: str | None = None
+) -> None:
     """Enable or disable a subscription (a disabled one gets no new deliveries and its
-    pending ones wait)."""
+    pending ones wait). :class:`NotFound` as for :func:`update_subscription`."""
     with db_errors(), conn.transaction():
-        _locked(conn, subscription_id)
+        _locked(conn, subscription_id, tenant)
         execute(conn, "admin_subscription_set_enabled", {"id": subscription_id, "enabled": enabled})
         # A statement of its own: it sees the deliveries a dispatch that held the row created.
         execute(conn, "admin_subscription_park", {"id": subscription_id})
         _notify(conn, subscription_id)
 
 
-def remove_subscription(conn: Conn, subscription_id: int) -> int:
+def remove_subscription(conn: Conn, subscription_id: int, *, tenant: str | None = None) -> int:
     """Soft-delete a subscription; its pending deliveries end ``dead``. Returns how many.
 
     The row and its delivery history stay (``subscription show`` and ``delivery list`` still
-    see them); ``subscription list`` hides it unless asked for all.
+    see them); ``subscription list`` hides it unless asked for all. :class:`NotFound` as for
+    :func:`update_subscription`.
     """
     with db_errors(), conn.transaction():
-        _locked(conn, subscription_id)
+        _locked(conn, subscription_id, tenant)
         execute(conn, "admin_subscription_remove", {"id": subscription_id})
         killed = execute(conn, "admin_subscription_kill_pending", {"id": subscription_id})
         _notify(conn, subscription_id)
@@ -343,17 +369,32 @@ def masked(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def list_subscriptions(conn: Conn, include_removed: bool = False) -> list[dict[str, Any]]:
-    """Every subscription (masked), oldest first; removed ones only with ``include_removed``."""
+def list_subscriptions(
+    conn: Conn,
+    include_removed: bool = False,
+    *,
+    tenant: str | None = None,
+    after: int | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every subscription (masked), oldest first; removed ones only with ``include_removed``.
+
+    ``tenant`` limits it to that tenant's; ``after`` (an id) and ``limit`` give one keyset page.
+    """
+    params = {"all": include_removed, "tenant": tenant, "after": after, "limit": limit}
     with db_errors():
-        rows = fetch_all(conn, "admin_subscription_list", {"all": include_removed})
+        rows = fetch_all(conn, "admin_subscription_list", params)
     return [masked(row) for row in rows]
 
 
-def get_subscription(conn: Conn, subscription_id: int) -> dict[str, Any]:
-    """One subscription (masked), removed or not; :class:`NotFound` if it never existed."""
+def get_subscription(
+    conn: Conn, subscription_id: int, *, tenant: str | None = None
+) -> dict[str, Any]:
+    """One subscription (masked), removed or not; :class:`NotFound` if it never existed (or,
+    with ``tenant``, belongs to another tenant: the same error)."""
+    params = {"id": subscription_id, "tenant": tenant}
     with db_errors():
-        row = fetch_one(conn, "admin_subscription_get", {"id": subscription_id})
+        row = fetch_one(conn, "admin_subscription_get", params)
     if row is None:
         raise NotFound(f"subscription {subscription_id} not found")
     return masked(row)

@@ -92,6 +92,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return int(daemon.main(config))
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    from relay.api.config import API_SETTINGS, load_api
+
+    config = load_api({s.name: getattr(args, "setting_" + s.name) for s in API_SETTINGS})
+    if args.print_config:
+        print(json.dumps(config.masked(), indent=2))
+        return 0
+    # Imported here: FastAPI and uvicorn are only needed by this command.
+    server: Any = importlib.import_module("relay.api.server")
+    return int(server.main(config))
+
+
+def _cmd_api_key_create(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        key, _row = admin.create_api_key(conn, tenant=args.tenant, name=args.name)
+    print(key)  # the only time it is shown: only its hash is stored
+    return 0
+
+
+def _cmd_api_key_list(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        rows = admin.list_api_keys(conn)
+    print(fmt.to_json(rows) if args.json else fmt.table(rows, fmt.API_KEY_COLUMNS))
+    return 0
+
+
+def _cmd_api_key_revoke(args: argparse.Namespace) -> int:
+    key_id = v.parse_id(args.id)
+    with _connect(args) as conn:
+        admin.revoke_api_key(conn, key_id)
+    print(f"revoked api key {key_id}")
+    return 0
+
+
 def _cmd_demo(argv: list[str]) -> int:
     demo: Any = importlib.import_module("relay.demo")
     return int(demo.main(argv))
@@ -343,6 +377,10 @@ _HANDLERS: dict[str, Handler] = {
     "event-type add": _cmd_event_type_add,
     "encryption-key generate": _cmd_encryption_key_generate,
     "rotate-key": _cmd_rotate_key,
+    "api": _cmd_api,
+    "api-key create": _cmd_api_key_create,
+    "api-key list": _cmd_api_key_list,
+    "api-key revoke": _cmd_api_key_revoke,
     "demo": lambda args: _cmd_demo([]),
 }
 

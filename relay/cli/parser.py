@@ -169,6 +169,39 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(command="run")
 
 
+def _add_api_commands(sub: argparse._SubParsersAction[_Parser], db: _Parser, js: _Parser) -> None:
+    from relay.api.config import API_SETTINGS
+
+    p = sub.add_parser("api", help="serve the JSON HTTP API (issue keys with `relay api-key`)")
+    for s in API_SETTINGS:
+        default = "" if s.default is None else f"; default {s.default}"
+        p.add_argument(
+            s.flag,
+            dest="setting_" + s.name,
+            metavar="VALUE",
+            default=None,
+            help=f"{s.help} [${s.env}{default}]",
+        )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (passwords masked) as JSON and exit",
+    )
+    p.set_defaults(command="api")
+
+    p = sub.add_parser("api-key", help="keys of the HTTP API")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("create", parents=[db], help="make a key; prints it once, on stdout")
+    a.add_argument("--tenant", metavar="T", help="scope the key to this tenant (else: operator)")
+    a.add_argument("--name", metavar="NAME", default="", help="a label for `api-key list`")
+    a.set_defaults(command="api-key create")
+    a = actions.add_parser("list", parents=[db, js], help="list keys (never the keys themselves)")
+    a.set_defaults(command="api-key list")
+    a = actions.add_parser("revoke", parents=[db], help="revoke a key: it gets 401 from now on")
+    a.add_argument("id", metavar="ID")
+    a.set_defaults(command="api-key revoke")
+
+
 def build_parser() -> _Parser:
     """The full ``relay`` parser."""
     db, js = _parent_db(), _parent_json()
@@ -180,6 +213,7 @@ def build_parser() -> _Parser:
     p.set_defaults(command="migrate")
     _add_run_command(sub)
     _add_subscription_commands(sub, db, js)
+    _add_api_commands(sub, db, js)
 
     p = sub.add_parser("delivery", help="delivery history")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from relay import admin
-from relay.errors import ValidationError
+from relay.errors import Conflict, ValidationError
 from tests.faults._util import Conn, scalar
 from tests.relayctx import add_subscription, deliveries, emit
 
@@ -182,7 +182,7 @@ def test_replay_of_a_delivery_in_flight_is_refused(conn: Conn) -> None:
     conn.execute("SELECT * FROM relay.dispatch_outbox(10, 1, 'relay-a', %s, 60)", (uuid.uuid4(),))
     (d,) = deliveries(conn)
     assert d["lease_token"] is not None
-    with pytest.raises(ValidationError, match="in flight"):
+    with pytest.raises(Conflict, match="in flight"):
         admin.replay(conn, [d["id"]])
     (after,) = deliveries(conn)
     assert after["lease_token"] == d["lease_token"]

@@ -28,7 +28,10 @@ RETURNING id;
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
        max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
-WHERE id = %(id)s;
+WHERE id = %(id)s
+  -- Tenant scope (API keys): another tenant's subscription is simply not there, by the same
+  -- statement as a missing one.
+  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text);
 
 -- name: admin_subscription_lock
 -- Row lock so two concurrent updates merge headers/event names one after the other.
@@ -36,14 +39,18 @@ SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_i
        max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE id = %(id)s
+  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
 FOR UPDATE;
 
 -- name: admin_subscription_list
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
        max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
-WHERE %(all)s OR removed_at IS NULL
-ORDER BY id;
+WHERE (%(all)s OR removed_at IS NULL)
+  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
+  AND (%(after)s::bigint IS NULL OR id > %(after)s::bigint)  -- keyset page
+ORDER BY id
+LIMIT %(limit)s;
 
 -- name: admin_subscription_update
 UPDATE relay.subscriptions SET
@@ -122,26 +129,55 @@ WHERE subscription_id = %(id)s AND status = 'pending';
 SELECT pg_notify('relay_subscriptions', %(id)s::text);
 
 -- name: admin_delivery_list
--- next_attempt_at is NULL while parked ('infinity': its subscription is disabled); Python's
--- datetime cannot hold infinity.
+-- next_attempt_at is 'infinity' while a subscription is paused: shown as NULL (not due), since
+-- no client datetime type holds infinity.
 SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
-       nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner, last_status_code, last_error,
-       created_at, updated_at, delivered_at, dead_at
+       nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner, last_status_code,
+       last_error, created_at, updated_at, delivered_at, dead_at
 FROM relay.deliveries
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(subscription_id)s::bigint IS NULL OR subscription_id = %(subscription_id)s::bigint)
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)  -- keyset page
 ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: admin_delivery_list_tenant
+-- One tenant's deliveries: those of its subscriptions that carry its own events (a
+-- subscription moved between tenants by an operator keeps its old tenant's history out of
+-- sight). Per subscription, a backward walk of deliveries_subscription (subscription_id, id)
+-- stops after `limit` rows, so the cost follows the page, not the history.
+SELECT d.*
+FROM relay.subscriptions s
+CROSS JOIN LATERAL (
+    SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
+           nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner,
+           last_status_code, last_error, created_at, updated_at, delivered_at, dead_at
+    FROM relay.deliveries
+    WHERE subscription_id = s.id
+      AND tenant_id = %(tenant)s::text
+      AND (%(status)s::text IS NULL OR status = %(status)s::text)
+      AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
+      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+) d
+WHERE s.tenant_id = %(tenant)s::text
+  AND (%(subscription_id)s::bigint IS NULL OR s.id = %(subscription_id)s::bigint)
+ORDER BY d.id DESC
 LIMIT %(limit)s;
 
 -- name: admin_delivery_get
 SELECT d.id, d.outbox_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts,
-       d.failures, nullif(d.next_attempt_at, 'infinity') AS next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
-       d.created_at, d.updated_at, d.delivered_at, d.dead_at,
+       d.failures, nullif(d.next_attempt_at, 'infinity') AS next_attempt_at, d.lease_owner,
+       d.last_status_code, d.last_error, d.created_at, d.updated_at, d.delivered_at, d.dead_at,
        o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at
 FROM relay.deliveries d
 JOIN relay.outbox o ON o.id = d.outbox_id
-WHERE d.id = %(id)s;
+JOIN relay.subscriptions s ON s.id = d.subscription_id
+WHERE d.id = %(id)s
+  -- Tenant scope: the same statement answers for a missing and another tenant's delivery.
+  AND (%(tenant)s::text IS NULL OR (s.tenant_id = %(tenant)s::text AND d.tenant_id = s.tenant_id));
 
 -- name: admin_delivery_attempts
 SELECT attempt, started_at, status_code, error, duration_ms, relay_id,
@@ -161,6 +197,7 @@ SELECT d.id, d.subscription_id, s.removed_at IS NOT NULL AS subscription_removed
 FROM relay.deliveries d
 JOIN relay.subscriptions s ON s.id = d.subscription_id
 WHERE d.id = ANY(%(ids)s)
+  AND (%(tenant)s::text IS NULL OR (s.tenant_id = %(tenant)s::text AND d.tenant_id = s.tenant_id))
 FOR UPDATE OF d;
 
 -- name: admin_replay_ids
@@ -188,7 +225,8 @@ WHERE d.status = 'dead'
   AND s.removed_at IS NULL
   AND (s.tenant_id IS NULL OR s.tenant_id = d.tenant_id)
   AND (%(subscription_id)s::bigint IS NULL OR d.subscription_id = %(subscription_id)s::bigint)
-  AND (%(since)s::timestamptz IS NULL OR d.dead_at >= %(since)s::timestamptz);
+  AND (%(since)s::timestamptz IS NULL OR d.dead_at >= %(since)s::timestamptz)
+  AND (%(tenant)s::text IS NULL OR (s.tenant_id = %(tenant)s::text AND d.tenant_id = %(tenant)s::text));
 
 -- name: admin_notify_deliveries
 -- Wake running relays (same channel the daemon listens on for due deliveries).
