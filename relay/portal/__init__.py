@@ -44,17 +44,14 @@ def create_router(pool: ConnectionPool[Any]) -> APIRouter:
     Security headers, error pages, sessions and CSRF checks are part of the router itself,
     so they hold in whatever application includes it.
     """
-    from fastapi import APIRouter, Depends, Request
+    from fastapi import APIRouter
 
     from relay.portal.routes import add_routes
     from relay.portal.web import Portal, PortalRoute
 
-    portal = Portal(pool)
-
-    def attach(request: Request) -> None:
-        # Router-level dependencies run before the endpoint's own: the routes find the pool here.
-        request.scope["relay_portal"] = portal
-
-    router = APIRouter(route_class=PortalRoute, dependencies=[Depends(attach)])
+    # One route class per router, carrying its pool: no module-level state, so two portals
+    # (two databases) could live in one process.
+    route_class = type("PortalRoute", (PortalRoute,), {"portal": Portal(pool)})
+    router = APIRouter(route_class=route_class)
     add_routes(router)
     return router

@@ -92,14 +92,28 @@ def secure_headers(response: Response, static: bool = False) -> None:
     response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
 
 
+@dataclass
+class Portal:
+    """What the routes share: the connection pool."""
+
+    pool: ConnectionPool[Any]
+
+
 class PortalRoute(APIRoute):
-    """Every portal route: turns refusals into error pages and adds the security headers."""
+    """Every portal route: turns refusals into error pages and adds the security headers.
+
+    :func:`relay.portal.create_router` subclasses it with the router's :class:`Portal`, which
+    each request then carries in its scope for the dependencies below.
+    """
+
+    portal: Portal | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         inner = super().get_route_handler()
         static = self.path.startswith(PREFIX + "/static/")
 
         async def handler(request: Request) -> Response:
+            request.scope["relay_portal"] = self.portal
             try:
                 response = await inner(request)
             except LinkRefused as exc:
@@ -123,13 +137,6 @@ class PortalRoute(APIRoute):
             return response
 
         return handler
-
-
-@dataclass
-class Portal:
-    """What the routes share: the connection pool."""
-
-    pool: ConnectionPool[Any]
 
 
 @dataclass
