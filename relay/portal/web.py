@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from relay.admin.db import Conn
 from relay.errors import DatabaseError, NotFound
 from relay.portal import links
 from relay.portal.links import LinkRefused, Session
+
+log = logging.getLogger("relay.portal")
 
 COOKIE = "relay_portal"
 COOKIE_PATH = "/portal"
@@ -133,6 +136,11 @@ class PortalRoute(APIRoute):
                 response = error_page(
                     request, 503, "Unavailable", "The service cannot reach its database."
                 )
+            except Exception:
+                # A bug: logged with its traceback for the operator, a plain page for the
+                # tenant (never the exception text, which could hold data).
+                log.exception("portal: %s %s failed", request.method, request.url.path)
+                response = error_page(request, 500, "Something went wrong", "Please try again.")
             secure_headers(response, static=static and response.status_code == 200)
             return response
 
