@@ -79,7 +79,9 @@ def chromium_path() -> str:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while sync Playwright is open its event loop counts as running
+# on this thread, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
