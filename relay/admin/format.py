@@ -149,6 +149,14 @@ EVENT_TYPE_COLUMNS: list[Column] = [
     ("DESCRIPTION", lambda r: r["description"]),
 ]
 
+PORTAL_LINK_COLUMNS: list[Column] = [
+    ("ID", lambda r: r["id"]),
+    ("TENANT", lambda r: r["tenant_id"]),
+    ("STATE", lambda r: r["state"]),
+    ("EXPIRES", lambda r: r["expires_at"]),
+    ("CREATED", lambda r: r["created_at"]),
+]
+
 RELAY_COLUMNS: list[Column] = [
     ("RELAY", lambda r: r["relay_id"]),
     ("HOST", lambda r: r["hostname"]),

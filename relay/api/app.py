@@ -19,7 +19,13 @@ from relay.api.limits import BodyLimitMiddleware
 from relay.api.metrics import ApiMetrics, MetricsMiddleware
 from relay.api.models import Health
 from relay.api.problems import PROBLEM_JSON, ApiProblem, install
-from relay.api.routes import deliveries, error_responses, event_types, subscriptions
+from relay.api.routes import (
+    deliveries,
+    error_responses,
+    event_types,
+    portal_links,
+    subscriptions,
+)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
@@ -35,9 +41,9 @@ other object answers 404 exactly as a missing one. Errors are RFC 9457
 
 
 def _routers() -> list[APIRouter]:
-    # The one place routers are mounted. The tenant portal (relay.portal) adds its router
-    # (and POST /v1/portal-links) here.
-    return [event_types.router, subscriptions.router, deliveries.router]
+    # The one place the JSON routers are mounted (the portal's pages are added in create_app:
+    # they need the pool, and stay out of the OpenAPI document).
+    return [event_types.router, subscriptions.router, deliveries.router, portal_links.router]
 
 
 def create_app(
@@ -80,6 +86,12 @@ def create_app(
 
     for router in _routers():
         app.include_router(router)
+    if pool is not None:
+        # The tenant portal (HTML under /portal/), on the same pool and address: the links
+        # `relay portal-link` prints point here.
+        from relay.portal import create_router
+
+        app.include_router(create_router(pool), include_in_schema=False)
 
     # Added last = outermost: sizes are checked and every answer is counted, 413s included.
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)

@@ -199,3 +199,25 @@ class EventTypePage(BaseModel):
 
     data: list[EventType]
     next_cursor: str | None
+
+
+class PortalLinkCreate(BaseModel):
+    """``POST /v1/portal-links``: a link that opens ``tenant``'s portal for ``ttl``."""
+
+    model_config = _REQUEST
+
+    tenant: str = Field(description="The tenant whose portal the link opens.")
+    ttl: str = Field(default="1h", description="How long the link is valid: 90s, 15m, 2h, 1d.")
+    base_url: str | None = Field(
+        default=None,
+        description="Where customers reach the portal (default: this API's address).",
+    )
+
+
+class PortalLink(BaseModel):
+    """A portal link, shown once: the URL is the credential."""
+
+    id: str = Field(description="The link's id, for `relay portal-link revoke`.")
+    tenant_id: str
+    url: str
+    expires_at: datetime

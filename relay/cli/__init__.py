@@ -354,6 +354,47 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_portal_link(args: argparse.Namespace) -> int:
+    from relay.portal import links  # the portal's link module; needs no web framework
+
+    if args.tenant is None:
+        raise ValidationError("tenant", "is required (--tenant T)")
+    with _connect(args) as conn:
+        url, row = links.create_portal_link_row(conn, args.tenant, args.ttl, args.base_url)
+    print(url)
+    # The link is the credential: stdout only. Its id (for revoking) goes to stderr.
+    print(
+        f"relay: link {row['id']} expires {row['expires_at'].isoformat(timespec='seconds')}; "
+        f"revoke with `relay portal-link revoke {row['id']}`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_portal_link_revoke(args: argparse.Namespace) -> int:
+    from relay.portal import links
+
+    if (args.id is None) == (args.revoke_tenant is None):
+        raise UsageError("give a link ID or --tenant T (not both)")
+    with _connect(args) as conn:
+        if args.id is not None:
+            links.revoke_link(conn, args.id)
+            print(f"revoked portal link {args.id}")
+        else:
+            count = links.revoke_tenant(conn, args.revoke_tenant)
+            print(f"revoked {count} portal link{'' if count == 1 else 's'} of {args.revoke_tenant}")
+    return 0
+
+
+def _cmd_portal_link_list(args: argparse.Namespace) -> int:
+    from relay.portal import links
+
+    with _connect(args) as conn:
+        rows = links.list_links(conn, args.list_tenant)
+    print(fmt.to_json(rows) if args.json else fmt.table(rows, fmt.PORTAL_LINK_COLUMNS))
+    return 0
+
+
 # Entry point ------------------------------------------------------------------------------------
 
 
@@ -381,6 +422,9 @@ _HANDLERS: dict[str, Handler] = {
     "api-key create": _cmd_api_key_create,
     "api-key list": _cmd_api_key_list,
     "api-key revoke": _cmd_api_key_revoke,
+    "portal-link": _cmd_portal_link,
+    "portal-link revoke": _cmd_portal_link_revoke,
+    "portal-link list": _cmd_portal_link_list,
     "demo": lambda args: _cmd_demo([]),
 }
 

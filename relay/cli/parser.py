@@ -202,6 +202,32 @@ def _add_api_commands(sub: argparse._SubParsersAction[_Parser], db: _Parser, js:
     a.set_defaults(command="api-key revoke")
 
 
+def _add_portal_link_command(
+    sub: argparse._SubParsersAction[_Parser], db: _Parser, js: _Parser
+) -> None:
+    p = sub.add_parser(
+        "portal-link",
+        parents=[db],
+        help="print a link that opens a tenant's portal (or list/revoke links)",
+    )
+    p.add_argument("--tenant", metavar="T", help="the tenant whose portal the link opens")
+    p.add_argument("--ttl", metavar="DURATION", default="1h", help="valid for (default 1h)")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the portal is served (default http:// + $RELAY_API_ADDR, 127.0.0.1:8480)",
+    )
+    p.set_defaults(command="portal-link")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser("revoke", parents=[db], help="revoke a link, or every link of a tenant")
+    a.add_argument("id", metavar="ID", nargs="?", help="the link id printed on creation")
+    a.add_argument("--tenant", dest="revoke_tenant", metavar="T", help="revoke all of T's links")
+    a.set_defaults(command="portal-link revoke")
+    a = actions.add_parser("list", parents=[db, js], help="links handed out, newest first")
+    a.add_argument("--tenant", dest="list_tenant", metavar="T")
+    a.set_defaults(command="portal-link list")
+
+
 def build_parser() -> _Parser:
     """The full ``relay`` parser."""
     db, js = _parent_db(), _parent_json()
@@ -290,6 +316,8 @@ def build_parser() -> _Parser:
     a.add_argument("--object", default="", metavar="O", help="object name, e.g. Order")
     a.add_argument("--description", default="", metavar="D")
     a.set_defaults(command="event-type add")
+
+    _add_portal_link_command(sub, db, js)
 
     # Listed for --help only: relay.cli.main hands `demo ...` to relay.demo before parsing.
     p = sub.add_parser("demo", help="the whole flow end to end (embedded Postgres if none)")

@@ -37,6 +37,7 @@ def test_document_describes_auth_errors_and_every_operation() -> None:
         "GET /v1/event-types",
         "GET /v1/subscriptions",
         "POST /v1/subscriptions",
+        "POST /v1/portal-links",
         "GET /v1/subscriptions/{subscription_id}",
         "PATCH /v1/subscriptions/{subscription_id}",
         "DELETE /v1/subscriptions/{subscription_id}",

@@ -9,6 +9,7 @@ from relay.api.models import Problem
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. JSON that does not parse).",
     401: "Missing, wrong or revoked API key.",
+    403: "The key may not do this (an operator key is needed).",
     404: "No such object, or not one this key may see.",
     409: "The object's state does not allow it now (a delivery in flight).",
     413: "Request body over the size limit.",
