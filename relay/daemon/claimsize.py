@@ -31,8 +31,12 @@ class ClaimSizer:
 
     def retries_scheduled(self, now: float, delays: Iterable[float]) -> None:
         """This relay scheduled retries falling due ``delays`` seconds from ``now``."""
-        for delay in delays:
-            heapq.heappush(self._due, now + max(0.0, delay))
+        self.retries_due(now + max(0.0, delay) for delay in delays)
+
+    def retries_due(self, times: Iterable[float]) -> None:
+        """This relay scheduled retries falling due at ``times`` (monotonic seconds)."""
+        for due in times:
+            heapq.heappush(self._due, due)
 
     def unknown_work(self) -> None:
         """Deliveries of unknown number may have become due."""

@@ -1,8 +1,10 @@
 """The daemon's narrow port to Postgres: every SQL statement ``relay run`` executes.
 
-Callers get plain dataclasses and :class:`relay.errors.DatabaseError`; psycopg never leaks
-past this module. Each method is one short transaction (autocommit connections from the
-pool): no transaction ever spans an HTTP call.
+:class:`Store` is the port the loops depend on (a Protocol: the unit tests give them a scripted
+one); :class:`PgStore` is the real one. Callers get plain dataclasses and
+:class:`relay.errors.DatabaseError`; psycopg never leaks past this module. Each method is one
+short transaction (autocommit connections from the pool): no transaction ever spans an HTTP
+call.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -90,6 +92,59 @@ class Stats:
     subscriptions_active: int = 0
 
 
+class Store(Protocol):
+    """What the daemon's loops ask of the database (:class:`PgStore` answers it)."""
+
+    async def dispatch(
+        self, limit: int, lease_limit: int = 0, lease_seconds: float = 60.0
+    ) -> tuple[int, int, list[Job]]:
+        """Fan out up to ``limit`` outbox rows, leasing up to ``lease_limit`` new deliveries;
+        return (rows dispatched, deliveries created, leased jobs)."""
+        ...
+
+    async def claim(
+        self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()
+    ) -> list[Job]:
+        """Lease up to ``limit`` due deliveries, skipping ``saturated`` subscriptions."""
+        ...
+
+    async def ack(self, acks: Sequence[Ack]) -> set[int]:
+        """Record attempt outcomes; return the ids whose lease was still ours."""
+        ...
+
+    async def release(self, jobs: Sequence[tuple[int, uuid.UUID]]) -> int:
+        """Give leased deliveries back, due now; return how many were still ours."""
+        ...
+
+    async def seconds_until_due(self, saturated: Sequence[int] = ()) -> float | None:
+        """Until the next delivery this relay could claim falls due (<= 0: due already)."""
+        ...
+
+    async def schema_version(self) -> int | None:
+        """The applied schema version (None: relay's schema is not there)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`DatabaseError` unless the database answers."""
+        ...
+
+    async def heartbeat(self) -> None:
+        """Record that this relay is alive."""
+        ...
+
+    async def stats(self, interval: float) -> Stats:
+        """The shared gauges (recomputed if older than ``interval`` s)."""
+        ...
+
+    async def vacuum_if_needed(self, min_dead: int, min_interval: float) -> list[str]:
+        """VACUUM the queue tables whose dead rows piled up; return those vacuumed."""
+        ...
+
+    async def deregister(self) -> None:
+        """Remove this relay from the relays seen (at shutdown)."""
+        ...
+
+
 #: The job columns of the dispatch and claim statements, in order: Job's fields but the token
 #: (tests/integration/test_lease.py checks both statements against it).
 JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(Job) if f.name != "token")
@@ -125,8 +180,8 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(_loads, conn)
 
 
-class Store:
-    """Async access to relay's tables through a connection pool."""
+class PgStore:
+    """The :class:`Store` of ``relay run``: relay's tables through a psycopg connection pool."""
 
     def __init__(self, url: str, *, pool_size: int = 8, relay_id: str) -> None:
         self.url = url
