@@ -14,8 +14,11 @@ ERROR_BACKOFF_MAX = 5.0
 class Backoff:
     """Doubling waits between ``lo`` and ``hi`` seconds, back to ``lo`` after :meth:`reset`."""
 
-    def __init__(self, lo: float = ERROR_BACKOFF_MIN, hi: float = ERROR_BACKOFF_MAX) -> None:
-        self.lo, self.hi, self.current = lo, hi, 0.0
+    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+        # The defaults are read now, not at import: tests shrink the module constants.
+        self.lo = ERROR_BACKOFF_MIN if lo is None else lo
+        self.hi = ERROR_BACKOFF_MAX if hi is None else hi
+        self.current = 0.0
 
     def __repr__(self) -> str:
         return f"Backoff(lo={self.lo}, hi={self.hi}, current={self.current})"
