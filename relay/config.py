@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError
+from relay.masking import mask_url
 
 
 def _int(raw: str, what: str) -> int:
@@ -272,19 +272,6 @@ class Config:
 
 def default_relay_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def mask_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; ``password=x`` → ``***``."""
-    if "://" not in url:  # key=value conninfo
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, has_pw, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if has_pw else ''}@{host}"
 
 
 def load(

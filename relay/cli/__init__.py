@@ -24,9 +24,10 @@ from relay.admin import format as fmt
 from relay.admin import validation as v
 from relay.admin.db import Conn, db_errors
 from relay.cli.parser import ParserExit, UsageError, build_parser
-from relay.config import SETTINGS, load, mask_url
+from relay.config import SETTINGS, load
 from relay.embedded import is_embedded, resolve_database_url
 from relay.errors import ConfigError, DatabaseError, EmitError, RelayError, ValidationError
+from relay.masking import mask_url
 from relay.sql.migrate import migrate
 
 Handler = Callable[[argparse.Namespace], int]

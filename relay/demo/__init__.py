@@ -39,7 +39,7 @@ import psycopg
 
 from relay import admin
 from relay.admin import format as fmt
-from relay.config import Config, default_relay_id, load, mask_url
+from relay.config import Config, default_relay_id, load
 from relay.daemon.service import Relay
 from relay.demo.db import (
     EXPECTED_DELIVERIES,
@@ -70,6 +70,7 @@ from relay.demo.receiver import DemoReceiver
 from relay.embedded import default_state_dir, is_embedded, resolve_database_url
 from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter
+from relay.masking import mask_url
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
 ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"  # the receiver is on loopback, refused by default

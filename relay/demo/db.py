@@ -25,10 +25,10 @@ from psycopg.rows import dict_row
 import relay
 from relay import admin
 from relay.admin import validation as v
-from relay.config import mask_url
 from relay.demo.output import say
 from relay.demo.receiver import DEMO_TOKEN
 from relay.errors import NotFound, RelayError
+from relay.masking import mask_url
 from relay.sql.migrate import migrate
 
 Conn = psycopg.Connection[Any]
