@@ -289,15 +289,8 @@ def main(config: Config) -> int:
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
-    url = resolve_database_url(config.database_url, config.state_dir)
-    if config.database_url is None:
-        # Nobody else migrates an embedded database: do it here.
-        import psycopg
-
-        from relay.sql.migrate import migrate
-
-        with psycopg.connect(url) as conn:
-            migrate(conn)
+    # Nobody else migrates an embedded database: resolving it does.
+    url = resolve_database_url(config.database_url, config.state_dir, migrate=True)
     relay = Relay(config, url)
     _tune_gc()
     try:

@@ -26,7 +26,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from relay import __version__
-from relay.errors import DatabaseError
+from relay.errors import DatabaseError, database_error
 from relay.sql import q
 
 # How long to wait for a pooled connection before calling the database unavailable.
@@ -213,7 +213,7 @@ class PgStore:
                 yield conn
         except psycopg.Error as exc:
             # Includes the pool's own PoolTimeout/PoolClosed (psycopg.OperationalError).
-            raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+            raise database_error(exc) from exc
 
     async def schema_version(self) -> int | None:
         async with self._conn() as conn:

@@ -46,7 +46,6 @@ from relay.demo.db import (
     Run,
     add_subscriptions,
     app_transaction,
-    connect,
     disable_subscriptions,
     prepare_database,
     record_outbox_ids,
@@ -67,7 +66,7 @@ from relay.demo.output import (
     summary,
 )
 from relay.demo.receiver import DemoReceiver
-from relay.embedded import default_state_dir, is_embedded, resolve_database_url
+from relay.embedded import connect, default_state_dir, is_embedded, resolve_database_url
 from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter
 from relay.masking import mask_url
