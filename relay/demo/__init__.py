@@ -71,7 +71,7 @@ from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter
 from relay.masking import mask_url
 
-DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
+DEFAULT_METRICS_ADDR: str = Config().metrics_addr
 ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"  # the receiver is on loopback, refused by default
 BACKOFF_MS = 1000  # the orders subscription's backoff (read at run time: tests patch it)
 PACE_SECONDS = 0.2  # between app transactions, so the output reads as a story
