@@ -20,7 +20,7 @@ log = logging.getLogger("relay.daemon")
 # Tunables (module constants so tests can shrink them).
 ACK_BATCH_MAX = 500
 # Under load, let outcomes gather this long before an ack statement (a lone outcome is written
-# at once): one 50-row ack costs Postgres about half as much per row as two 25-row ones.
+# at once): a bigger ack statement costs Postgres less per row (docs/performance.md).
 ACK_GATHER_SECONDS = 0.005
 ACK_GATHER_ROWS = 64
 
@@ -96,7 +96,7 @@ class Acker:
     def _record(self, batch: list[tuple[Job, Ack]], accepted: set[int]) -> None:
         now = time.time()
         # The info lines' fields are built only when they are logged (at warning, the
-        # benchmark's level, ~0.7 us per delivery for nothing).
+        # benchmark's level, building them would cost every delivery for nothing).
         info = log.isEnabledFor(logging.INFO)
         for job, ack in batch:
             if job.id not in accepted:

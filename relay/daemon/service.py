@@ -304,11 +304,11 @@ def _tune_gc() -> None:
 
     Each request briefly holds a few dozen container objects (aiohttp's request/response,
     the task, the job's dicts), so at the default threshold (700 more allocations than
-    frees) the collector ran every ~14 deliveries and a full collection walked every object
-    the process had imported: 11 % of relay's CPU in a 20,000-event drain. Objects that live
-    for the whole run are moved out of its reach (``gc.freeze``), and a young collection
-    waits for GC_THRESHOLD more live objects: garbage cycles (rare here) are still
-    collected once that many build up.
+    frees) the collector ran every few deliveries and its full collections walked every
+    object the process had imported (what that cost: docs/performance.md, "Levers"). Objects
+    that live for the whole run are moved out of its reach (``gc.freeze``), and a young
+    collection waits for GC_THRESHOLD more live objects: garbage cycles (rare here) are
+    still collected once that many build up.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)

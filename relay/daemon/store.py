@@ -36,7 +36,7 @@ _VACUUM_LOCK = 0x72656C6176  # "relav"
 
 
 # Not frozen (nothing mutates it): a frozen dataclass sets each field through
-# object.__setattr__, 1.6x the cost of building one, once per delivery or attempt.
+# object.__setattr__, which makes building one markedly dearer, once per delivery or attempt.
 @dataclass(slots=True)
 class Job:
     """A leased delivery with everything needed to attempt it."""
