@@ -145,6 +145,10 @@ class Attempts:
             self.reserved -= n
             self.signals.slot_freed()
 
+    def saturated(self) -> list[int]:
+        """Subscriptions holding all they may: a claim must skip them."""
+        return self.slots.saturated()
+
     def others_may_match(self) -> bool:
         """Whether the lack of room is a saturated subscription's while others exist (if only
         saturated ones exist, fanning out more events now would only queue deliveries nobody

@@ -64,7 +64,7 @@ class Deliverer:
         if attempts.free_slots() <= 0:
             await attempts.wait_for_slot(None)
             return
-        saturated = attempts.slots.saturated()
+        saturated = attempts.saturated()
         exclusions = frozenset(saturated)
         if exclusions and exclusions == self.fruitless and not self.signals.new_work:
             # The last claim that skipped these saturated subscriptions found nothing else
@@ -94,7 +94,7 @@ class Deliverer:
             want = min(await attempts.gather(attempts.claim_room), target)
             if want <= 0:
                 return
-            saturated = attempts.slots.saturated()
+            saturated = attempts.saturated()
             exclusions = frozenset(saturated)
         claimed = await self._claim(want, saturated, exclusions)
         if claimed < want:
