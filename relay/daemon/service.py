@@ -62,13 +62,13 @@ class Relay:
         self.config = config
         self.relay_id = config.effective_relay_id
         self.metrics = metrics or Metrics()
+        # First: every loop raises and waits on its wake-ups here, none calls another.
+        self.signals = Signals()
+        self.stopping = self.signals.stopping
         self.store = PgStore(url, pool_size=config.pool_size, relay_id=self.relay_id)
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
-        # First: every loop raises and waits on its wake-ups here, none calls another.
-        self.signals = Signals()
-        self.stopping = self.signals.stopping
         self.acker = Acker(self.store, self.metrics, self.signals)
         self.attempts = Attempts(
             config,
