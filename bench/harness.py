@@ -23,10 +23,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench.receiver import read_dump
 from relay.sql.migrate import migrate
+from relay.testing.receiver_process import read_dump, read_line
 from tests.procs import terminate
-from tests.receiver import read_line
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,16 +169,17 @@ def table_sizes(url: str) -> dict[str, int]:
 
 
 class ReceiverProc:
-    """``python -m bench.receiver`` in its own process, driven over its control endpoints."""
+    """The receiver (``python -m relay.testing.receiver_process``, no log) in its own
+    process, driven over its control endpoints."""
 
     def __init__(self, fail_every: int = 0, workdir: Path | None = None, fail_nth: int = 0) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self.err_path = self.workdir / f"receiver-{uuid.uuid4().hex[:6]}.stderr"
-        args = [sys.executable, "-m", "bench.receiver", "--port", "0"]
-        if fail_every:
-            args += ["--fail-every", str(fail_every)]
-        if fail_nth:
-            args += ["--fail-nth", str(fail_nth)]
+        args = [sys.executable, "-m", "relay.testing.receiver_process", "--port", "0"]
+        if fail_every:  # by event key: the same events fail on every attempt
+            args += ["--fail-event-every", str(fail_every)]
+        if fail_nth:  # by arrival
+            args += ["--fail-every", str(fail_nth)]
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL

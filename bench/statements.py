@@ -5,7 +5,7 @@
 
 Creates a scratch database on the server (``RELAY_BENCH_DATABASE_URL``, default the local
 test server), one subscription and ``--events`` outbox rows, then loops as a relay does under
-load: ``Store.dispatch`` leasing ``--batch`` deliveries, ``Store.ack`` of all of them
+load: ``PgStore.dispatch`` leasing ``--batch`` deliveries, ``PgStore.ack`` of all of them
 delivered. Dispatch and ack run on two connections, so the CPU time of each backend
 (``/proc/PID/stat``) is each statement's own. ``--analyze-empty`` runs ``VACUUM ANALYZE`` on
 relay's tables while they are still empty, as after an install: the statistics state in
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from relay.daemon.store import Ack, Store
+from relay.daemon.store import Ack, PgStore
 from relay.sql.migrate import migrate
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -39,7 +39,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _backend_pid(store: Store) -> int:
+async def _backend_pid(store: PgStore) -> int:
     async with store.pool.connection() as conn:
         row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
     assert row is not None
@@ -66,8 +66,8 @@ def _setup(url: str, events: int, analyze_empty: bool, pad: int) -> None:
 
 
 async def _measure(url: str, events: int, batch: int) -> str:
-    dispatcher = Store(url, pool_size=1, relay_id="bench-dispatch")
-    acker = Store(url, pool_size=1, relay_id="bench-ack")
+    dispatcher = PgStore(url, pool_size=1, relay_id="bench-dispatch")
+    acker = PgStore(url, pool_size=1, relay_id="bench-ack")
     await dispatcher.open()
     await acker.open()
     try:

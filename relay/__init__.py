@@ -2,6 +2,11 @@
 
 Apps write events into ``relay.outbox`` inside their own transactions (``relay.emit``);
 ``relay run`` turns each row into signed, retried, replayable webhook deliveries.
+
+This module is the app-facing API, and only that: :func:`emit`, :func:`emit_async`, the
+errors (:class:`RelayError` and its subclasses) and ``__version__``. The daemon, the CLI and
+the operator functions live in subpackages (``relay.daemon``, ``relay.cli``, ``relay.admin``;
+see docs/architecture.md) and are not imported here.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError
+from relay.masking import mask_url
 
 
 def _int(raw: str, what: str) -> int:
@@ -269,34 +270,37 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+# Each default is written once, in SETTINGS: Config's fields, the flags' help and the docs'
+# table (checked by tests/observability/test_config.py) all read it from there.
+_DEFAULT: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 
 
 @dataclass(frozen=True)
 class Config:
     """The effective settings of one ``relay run``. ``repr`` masks the database password."""
 
-    database_url: str | None = None
-    state_dir: str | None = None
-    metrics_addr: str = "127.0.0.1:9465"
-    processes: int = 1
-    concurrency: int = 64
-    subscription_concurrency: int | None = None
-    prefetch: int | None = None
-    claim_batch: int = 100
-    dispatch_batch: int = 500
-    poll_interval: float = 5.0
-    listen: bool = True
-    lease_seconds: float = 60.0
-    drain_timeout: float = 10.0
-    gauge_interval: float = 5.0
-    allowed_networks: str = ""
-    pool_size: int = 8
-    synchronous_commit: str = "off"
-    retention: str = "30d"
-    vacuum: bool = True
-    log_level: str = "info"
-    log_format: str = "auto"
-    relay_id: str | None = None
+    database_url: str | None = _DEFAULT["database_url"]
+    state_dir: str | None = _DEFAULT["state_dir"]
+    metrics_addr: str = _DEFAULT["metrics_addr"]
+    processes: int = _DEFAULT["processes"]
+    concurrency: int = _DEFAULT["concurrency"]
+    subscription_concurrency: int | None = _DEFAULT["subscription_concurrency"]
+    prefetch: int | None = _DEFAULT["prefetch"]
+    claim_batch: int = _DEFAULT["claim_batch"]
+    dispatch_batch: int = _DEFAULT["dispatch_batch"]
+    poll_interval: float = _DEFAULT["poll_interval"]
+    listen: bool = _DEFAULT["listen"]
+    lease_seconds: float = _DEFAULT["lease_seconds"]
+    drain_timeout: float = _DEFAULT["drain_timeout"]
+    gauge_interval: float = _DEFAULT["gauge_interval"]
+    allowed_networks: str = _DEFAULT["allowed_networks"]
+    pool_size: int = _DEFAULT["pool_size"]
+    synchronous_commit: str = _DEFAULT["synchronous_commit"]
+    retention: str = _DEFAULT["retention"]
+    vacuum: bool = _DEFAULT["vacuum"]
+    log_level: str = _DEFAULT["log_level"]
+    log_format: str = _DEFAULT["log_format"]
+    relay_id: str | None = _DEFAULT["relay_id"]
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -345,19 +349,6 @@ class Config:
 
 def default_relay_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def mask_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; ``password=x`` → ``***``."""
-    if "://" not in url:  # key=value conninfo
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, has_pw, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if has_pw else ''}@{host}"
 
 
 def load(

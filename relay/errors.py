@@ -1,6 +1,16 @@
-"""The relay error hierarchy: one root, driver errors translated at the boundary."""
+"""The relay error hierarchy: one root, driver errors translated at the boundary.
+
+relay's own code raises these; psycopg's errors are translated here and nowhere else
+(:func:`db_errors`, :func:`database_error`, :func:`emit_error`), so callers catch
+:class:`RelayError` subclasses only.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
 
 
 class RelayError(Exception):
@@ -47,3 +57,64 @@ class DatabaseError(RelayError):
 
 class MappingError(RelayError):
     """A subscription's body map could not be applied to a notification."""
+
+
+# -- translating the driver's errors ---------------------------------------------------------
+
+# Errors meaning "the relay schema is not there (yet)": the fix is `relay migrate`.
+_SCHEMA_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedColumn,
+)
+
+# What Postgres says about a bad event (unknown type, not an object, too large, text jsonb
+# cannot hold such as NUL): all surface as EmitError.
+EMIT_REFUSALS = (
+    psycopg.errors.ForeignKeyViolation,
+    psycopg.errors.CheckViolation,
+    psycopg.errors.DataError,
+)
+
+
+def database_error(exc: psycopg.Error) -> DatabaseError:
+    """The :class:`DatabaseError` for a psycopg error (the pool's timeouts included): a
+    missing schema names the fix, an unreachable server says so, anything else is the
+    server's own message."""
+    if isinstance(exc, _SCHEMA_MISSING):
+        return DatabaseError(
+            f"relay schema missing or out of date ({_message(exc)}); run `relay migrate`",
+            transient=False,
+        )
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return DatabaseError(f"database unavailable: {_message(exc)}")
+    # The server refused the statement itself (its data): retrying it as is cannot help.
+    return DatabaseError(_message(exc), transient=False)
+
+
+def emit_error(exc: psycopg.Error) -> EmitError:
+    """The :class:`EmitError` for one of :data:`EMIT_REFUSALS` (the message names the field
+    where Postgres does not)."""
+    message = _message(exc)
+    if isinstance(exc, psycopg.errors.DataError):
+        message = f"payload: {message}"
+    return EmitError(message)
+
+
+@contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Translate psycopg errors raised inside the block into :class:`DatabaseError`.
+
+    relay's own errors (validation, not found) pass through untouched.
+    """
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise database_error(exc) from exc
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    return primary or str(exc).strip() or type(exc).__name__

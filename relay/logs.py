@@ -31,7 +31,7 @@ __all__ = [
     "toggle_debug",
 ]
 
-MASK = "***"
+from relay.masking import CONNINFO_PASSWORD, MASK, URL_PASSWORD
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -58,9 +58,9 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
     # Passwords in URLs (postgresql://user:pass@host, https://u:p@host): everything between
     # the user's colon and the last "@" of the URL, so an unencoded "@" in it still hides it.
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^\s]*@"), r"\1" + MASK + "@"),
+    (URL_PASSWORD, r"\1" + MASK + "@"),
     # libpq key/value conninfo: "host=db password=secret".
-    (re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)"), r"\1" + MASK),
+    (CONNINFO_PASSWORD, r"\1" + MASK),
 )
 
 # Mapping keys (in ``extra=`` values such as a headers dict) whose value is always a secret.

@@ -14,17 +14,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from relay.errors import EmitError
+from relay.errors import EMIT_REFUSALS, EmitError, emit_error
 
 _EMIT_SQL = "SELECT relay.emit(%s, %s, %s, %s, %s)"
-# What Postgres says about a bad event (unknown type, not an object, too large, text jsonb
-# cannot hold such as NUL): all surface as EmitError. The app's transaction is then failed,
-# as for any statement error, so its own write cannot commit without its event.
-_REFUSALS = (
-    psycopg.errors.ForeignKeyViolation,
-    psycopg.errors.CheckViolation,
-    psycopg.errors.DataError,
-)
+# What Postgres says about a bad event surfaces as EmitError (relay.errors.EMIT_REFUSALS).
+# The app's transaction is then failed, as for any statement error, so its own write cannot
+# commit without its event.
 
 
 def _params(
@@ -53,13 +48,6 @@ def _as_is(text: Any) -> str:
     return str(text)
 
 
-def _translate(exc: psycopg.Error) -> EmitError:
-    message = exc.diag.message_primary or str(exc)
-    if isinstance(exc, psycopg.errors.DataError):
-        message = f"payload: {message}"
-    return EmitError(message)
-
-
 def emit(
     conn: psycopg.Connection[Any],
     event_type: str,
@@ -78,8 +66,8 @@ def emit(
     params = _params(event_type, payload, aggregate_id, tenant_id, version)
     try:
         row = conn.execute(_EMIT_SQL, params).fetchone()
-    except _REFUSALS as exc:
-        raise _translate(exc) from exc
+    except EMIT_REFUSALS as exc:
+        raise emit_error(exc) from exc
     assert row is not None
     return int(row[0])
 
@@ -98,7 +86,7 @@ async def emit_async(
     try:
         cur = await conn.execute(_EMIT_SQL, params)
         row = await cur.fetchone()
-    except _REFUSALS as exc:
-        raise _translate(exc) from exc
+    except EMIT_REFUSALS as exc:
+        raise emit_error(exc) from exc
     assert row is not None
     return int(row[0])

@@ -1,51 +1,24 @@
-"""Helpers shared by the operator operations: driver-error translation and row fetching."""
+"""Helpers shared by the operator operations: named queries run and fetched as dicts.
+
+Driver errors are translated by :func:`relay.errors.db_errors` (re-exported here, where the
+operations import it from).
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from relay.errors import DatabaseError
+from relay.errors import db_errors
 from relay.sql import q
 
 # Connection type the operations accept: any row factory, since they open their own cursors.
 Conn = psycopg.Connection[Any]
 
-# Errors meaning "the relay schema is not there (yet)": the fix is `relay migrate`.
-_SCHEMA_MISSING = (
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.UndefinedFunction,
-    psycopg.errors.InvalidSchemaName,
-    psycopg.errors.UndefinedColumn,
-)
-
-
-@contextlib.contextmanager
-def db_errors() -> Iterator[None]:
-    """Translate psycopg errors raised inside the block into :class:`DatabaseError`.
-
-    relay's own errors (validation, not found) pass through untouched.
-    """
-    try:
-        yield
-    except _SCHEMA_MISSING as exc:
-        raise DatabaseError(
-            f"relay schema missing or out of date ({_message(exc)}); run `relay migrate`"
-        ) from exc
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"database unavailable: {_message(exc)}") from exc
-    except psycopg.Error as exc:
-        raise DatabaseError(_message(exc)) from exc
-
-
-def _message(exc: psycopg.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = diag.message_primary if diag is not None else None
-    return primary or str(exc).strip() or type(exc).__name__
+__all__ = ["Conn", "db_errors", "execute", "fetch_all", "fetch_one"]
 
 
 def fetch_all(

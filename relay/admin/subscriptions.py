@@ -26,6 +26,7 @@ from relay import crypto
 from relay.admin import validation as v
 from relay.admin.db import Conn, db_errors, execute, fetch_all, fetch_one
 from relay.errors import NotFound, ValidationError
+from relay.masking import mask_url
 from relay.webhook.signing import mask_secret
 
 MASKED_HEADER_VALUE = "***"
@@ -362,7 +363,7 @@ def masked(row: Mapping[str, Any]) -> dict[str, Any]:
     """A subscription row as shown to operators: secret, header values and URL
     credentials masked."""
     out = dict(row)
-    out["url"] = v.mask_url_credentials(row["url"])
+    out["url"] = mask_url(row["url"], hide_user=True)
     out["headers"] = {name: MASKED_HEADER_VALUE for name in row["headers"]}
     out["secret"] = mask_secret(row["secret"])
     out["events"] = list(row["events"])

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from relay.errors import ValidationError
 from relay.webhook import signing
@@ -62,20 +62,6 @@ def validate_url(url: str) -> str:
     if not parts.hostname:
         raise ValidationError("url", "has no host")
     return url
-
-
-def mask_url_credentials(url: str) -> str:
-    """``https://user:pw@host/x`` → ``https://user:***@host/x``; other URLs unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    creds, _, hostport = parts.netloc.rpartition("@")
-    user, has_pw, _ = creds.partition(":")
-    masked = f"{user}:***@{hostport}" if has_pw else f"***@{hostport}"
-    return urlunsplit(parts._replace(netloc=masked))
 
 
 def validate_method(method: str) -> str:

@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Setting, mask_url
+from relay.config import Setting
 from relay.config import _addr as parse_addr
 from relay.config import _choice as parse_choice
 from relay.config import _positive_float as parse_positive_float
 from relay.config import _positive_int as parse_positive_int
 from relay.config import _text as parse_text
 from relay.errors import ConfigError
+from relay.masking import mask_url
 
 
 def _optional_addr(raw: str) -> str:

@@ -17,18 +17,15 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from relay import admin, crypto
 from relay.admin import format as fmt
 from relay.admin import retention
 from relay.admin import validation as v
 from relay.admin.db import Conn, db_errors
 from relay.cli.parser import ParserExit, UsageError, build_parser
-from relay.config import SETTINGS, duration_seconds, load, mask_url
-from relay.embedded import is_embedded, resolve_database_url
-from relay.errors import ConfigError, DatabaseError, EmitError, RelayError, ValidationError
+from relay.config import SETTINGS, duration_seconds, load
+from relay.embedded import connect, resolve_database_url
+from relay.errors import ConfigError, EmitError, RelayError, ValidationError
 from relay.sql.migrate import migrate
 
 Handler = Callable[[argparse.Namespace], int]
@@ -44,24 +41,12 @@ def _error(message: object) -> None:
 @contextlib.contextmanager
 def _connect(args: argparse.Namespace, *, auto_migrate: bool = True) -> Iterator[Conn]:
     """An autocommit connection to the chosen database (see :mod:`relay.embedded`)."""
-    explicit: str | None = args.database_url
-    embedded = is_embedded(explicit)
-    url = resolve_database_url(explicit)
-    kwargs: dict[str, Any] = {}
-    with contextlib.suppress(psycopg.ProgrammingError):
-        if "connect_timeout" not in conninfo_to_dict(url):
-            kwargs["connect_timeout"] = 10  # fail fast instead of hanging on a dead host
-    try:
-        conn = psycopg.connect(url, autocommit=True, **kwargs)
-    except psycopg.Error as exc:
-        where = f" at {mask_url(url)}" if "://" in url else ""
-        raise DatabaseError(f"cannot connect to the database{where}: {exc}") from None
+    # An embedded database is migrated as it is resolved: a first `relay subscription add`
+    # works before `relay run` ever started.
+    url = resolve_database_url(args.database_url, migrate=auto_migrate)
+    conn = connect(url)
     # db_errors: a driver error anywhere in the command becomes one `relay: error:` line.
     with db_errors(), conn:
-        if embedded and auto_migrate:
-            # Nobody else migrates a private embedded database; doing it here lets a first
-            # `relay subscription add` work before `relay run` ever started.
-            migrate(conn)
         yield conn
 
 

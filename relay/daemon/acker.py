@@ -1,4 +1,4 @@
-"""Background pieces of the daemon's loops: error backoff and batched acks."""
+"""The acker: writes attempt outcomes in batches, one statement per batch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 
+from relay.daemon.backoff import Backoff
+from relay.daemon.signals import Signals
 from relay.daemon.store import Ack, Job, Store
 from relay.daemon.summary import DeliveredSummary
 from relay.errors import DatabaseError
@@ -19,11 +20,9 @@ from relay.webhook.sender import attempt_summary, storable_text
 log = logging.getLogger("relay.daemon")
 
 # Tunables (module constants so tests can shrink them).
-ERROR_BACKOFF_MIN = 0.1
-ERROR_BACKOFF_MAX = 5.0
 ACK_BATCH_MAX = 500
 # Under load, let outcomes gather this long before an ack statement (a lone outcome is written
-# at once): one 50-row ack costs Postgres about half as much per row as two 25-row ones.
+# at once): a bigger ack statement costs Postgres less per row (docs/performance.md).
 ACK_GATHER_SECONDS = 0.005
 ACK_GATHER_ROWS = 64
 # Failed ack rounds in a row after which the failure is an alert: one error-level log line,
@@ -35,20 +34,6 @@ def _transient(exc: BaseException) -> bool:
     """Whether a failed ack is worth retrying as it is (the database was unreachable), or the
     database refused what the statement carried (retrying the same batch would never end)."""
     return isinstance(exc, DatabaseError) and exc.transient
-
-
-class Backoff:
-    """Exponential backoff for a failing loop; pure arithmetic, the loop sleeps."""
-
-    def __init__(self, lo: float = ERROR_BACKOFF_MIN, hi: float = ERROR_BACKOFF_MAX) -> None:
-        self.lo, self.hi, self.current = lo, hi, 0.0
-
-    def failed(self) -> float:
-        self.current = self.lo if self.current == 0 else min(self.hi, self.current * 2)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
 
 
 class Acker:
@@ -64,14 +49,14 @@ class Acker:
         self,
         store: Store,
         metrics: Metrics,
-        on_retry: Callable[[list[float]], None] = lambda delays: None,
+        signals: Signals | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        # Called with the delays of the retries just scheduled (accepted ones), so the
-        # deliverer re-reads the next due time if it would otherwise sleep past them, and
-        # sizes its claims by what falls due.
-        self.on_retry = on_retry
+        # Told the delays of the retries just scheduled (accepted ones), so the deliverer
+        # re-reads the next due time if it would otherwise sleep past them, and sizes its
+        # claims by what falls due.
+        self.signals = signals if signals is not None else Signals()
         self.summary = DeliveredSummary(time.monotonic())
         self._pending: list[tuple[Job, Ack]] = []
         self._wake = asyncio.Event()
@@ -114,7 +99,7 @@ class Acker:
                     ack.delay for job, ack in done if ack.outcome == "retry" and job.id in accepted
                 ]
                 if delays:
-                    self.on_retry(delays)
+                    self.signals.retries_scheduled(delays)
             if error is None:
                 if self.failing:
                     log.warning("acks are recorded again after %d failed rounds", self.failures)

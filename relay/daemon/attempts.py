@@ -5,9 +5,11 @@ Both statements that lease jobs to this relay (the dispatcher's fan-out and the 
 claim) go through :class:`Attempts`: they ask how many jobs one statement may lease now
 (:meth:`Attempts.lease_room`, :meth:`Attempts.claim_room`), reserve that room while the
 statement runs (:meth:`Attempts.reserving`) and hand it what came back (:meth:`Attempts.start`).
-It starts one task per attempt as request slots free (:class:`~relay.slots.Slots` keeps the
-counts), passes each outcome to the acker, and gives back, due now for any relay, what it
-cannot send safely: a ready job whose lease ran short, and whatever is left at shutdown.
+It starts one task per attempt as request slots free (:class:`~relay.daemon.slots.Slots` keeps
+the counts), passes each outcome to the acker, and gives back, due now for any relay, what it
+cannot send safely: a ready job whose lease ran short, and whatever is left at shutdown. What
+it has to tell the other loops (a slot freed, rows given back) goes through
+:class:`~relay.daemon.signals.Signals`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from relay.config import Config
+from relay.daemon.signals import Signals
 from relay.daemon.slots import Slots, lease_length
 from relay.daemon.store import Ack, Job, Store
 from relay.errors import DatabaseError
 from relay.metrics import Metrics, status_class
-from relay.webhook.sender import HttpSender, decide
+from relay.webhook.sender import Result, decide
 
 log = logging.getLogger("relay.daemon")
 
@@ -32,42 +36,37 @@ log = logging.getLogger("relay.daemon")
 CLAIM_GATHER_SECONDS = 0.005
 
 
-async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for ``event``; whether it was set."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        return False
-    return True
+class Sender(Protocol):
+    """What :class:`Attempts` needs of the HTTP side (:class:`relay.webhook.sender.HttpSender`)."""
+
+    async def attempt(self, job: Job) -> Result:
+        """Send one attempt of ``job``; never raises for a receiver's failure."""
+        ...
 
 
 class Attempts:
     """The jobs this relay holds, and the tasks that send them.
 
-    ``on_released()`` is called when jobs were given back (due again for any relay, this one
-    included); ``on_finished(subscription_id)`` after each attempt ends and its slot is free.
+    ``on_outcome(job, ack)`` receives each attempt's outcome (the acker's ``put``).
     """
 
     def __init__(
         self,
         config: Config,
         store: Store,
-        sender: HttpSender,
+        sender: Sender,
         metrics: Metrics,
-        stopping: asyncio.Event,
+        signals: Signals,
         *,
         on_outcome: Callable[[Job, Ack], None],
-        on_released: Callable[[], None],
-        on_finished: Callable[[int], None],
     ) -> None:
         self.config = config
         self.store = store
         self.sender = sender
         self.metrics = metrics
-        self.stopping = stopping
+        self.signals = signals
+        self.stopping = signals.stopping
         self.on_outcome = on_outcome
-        self.on_released = on_released
-        self.on_finished = on_finished
         self.slots = Slots(
             config.concurrency,
             config.effective_subscription_concurrency,
@@ -75,11 +74,14 @@ class Attempts:
         )
         self.in_flight: dict[asyncio.Task[None], Job] = {}
         self.releasing: set[asyncio.Task[None]] = set()  # background releases of lapsing jobs
-        self.slot_free = asyncio.Event()  # a slot freed, or reserved room came back
         self.reserved = 0  # slots promised to a statement in progress
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
         self.subscriptions_active = 1 << 30
         self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
+
+    def subscriptions_changed(self, active: int) -> None:
+        """The number of enabled subscriptions (read with the gauges)."""
+        self.subscriptions_active = active
 
     # -- room ----------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -130,11 +132,7 @@ class Attempts:
     async def wait_for_slot(self, timeout: float | None) -> bool:
         """Wait until a slot frees or reserved room comes back (at most ``timeout`` s, if
         given); whether one did."""
-        self.slot_free.clear()
-        if timeout is None:
-            await self.slot_free.wait()
-            return True
-        return await wait_for_event(self.slot_free, timeout)
+        return await self.signals.wait_slot(timeout)
 
     @contextlib.contextmanager
     def reserving(self, n: int) -> Iterator[None]:
@@ -145,7 +143,11 @@ class Attempts:
             yield
         finally:
             self.reserved -= n
-            self.slot_free.set()
+            self.signals.slot_freed()
+
+    def saturated(self) -> list[int]:
+        """Subscriptions holding all they may: a claim must skip them."""
+        return self.slots.saturated()
 
     def others_may_match(self) -> bool:
         """Whether the lack of room is a saturated subscription's while others exist (if only
@@ -173,7 +175,7 @@ class Attempts:
             # One claim can overshoot a subscription's cap; give the excess straight back
             # (due now, for any relay) rather than let it queue behind a slow endpoint.
             await self.store.release([(j.id, j.token) for j in overflow])
-            self.on_released()
+            self.signals.deliveries_due()
 
     def start_ready(self) -> None:
         """Start an attempt task for each ready job that has a slot (none once stopping:
@@ -210,10 +212,12 @@ class Attempts:
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         job = self.in_flight.pop(task, None)
         if job is not None:
-            self.slots.finished(job.subscription_id)
-            self.on_finished(job.subscription_id)
+            sub = job.subscription_id
+            self.slots.finished(sub)
+            self.signals.slot_freed(sub, was_saturated=self.was_saturated(sub))
+        else:
+            self.signals.slot_freed()
         self.start_ready()
-        self.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", exc_info=task.exception())
 
@@ -231,8 +235,8 @@ class Attempts:
 
         async def release() -> None:
             await self._release(jobs, why)
-            self.slot_free.set()
-            self.on_released()
+            self.signals.slot_freed()
+            self.signals.deliveries_due()
 
         task = asyncio.create_task(release(), name="release")
         self.releasing.add(task)

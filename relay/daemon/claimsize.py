@@ -2,8 +2,8 @@
 
 A claim reserves its slots for as long as its statement runs (so the dispatcher cannot hand
 the same slots out meanwhile). Reserving the whole free room for a claim that brings back a
-few retries starves the dispatcher: in a retry storm (1 request in 10 failing) claims
-reserved 24 slots on average and got 7 back. So the deliverer sizes a claim by what it knows
+few retries starves the dispatcher (in a retry storm claims reserved several times the slots
+they got back: docs/performance.md). So the deliverer sizes a claim by what it knows
 is due -- the retries this relay scheduled whose time has come -- and reserves the whole
 room only when it cannot know: at start, after a NOTIFY from elsewhere (another relay's
 fan-out, released rows), after its own unleased fan-out, or when the last claim came back
@@ -31,8 +31,12 @@ class ClaimSizer:
 
     def retries_scheduled(self, now: float, delays: Iterable[float]) -> None:
         """This relay scheduled retries falling due ``delays`` seconds from ``now``."""
-        for delay in delays:
-            heapq.heappush(self._due, now + max(0.0, delay))
+        self.retries_due(now + max(0.0, delay) for delay in delays)
+
+    def retries_due(self, times: Iterable[float]) -> None:
+        """This relay scheduled retries falling due at ``times`` (monotonic seconds)."""
+        for due in times:
+            heapq.heappush(self._due, due)
 
     def unknown_work(self) -> None:
         """Deliveries of unknown number may have become due."""

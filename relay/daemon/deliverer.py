@@ -2,19 +2,19 @@
 rows another relay gave back or lost) while this relay has free slots.
 
 Claims skip the subscriptions this relay already holds at their cap, are sized to what is
-known to be due (:mod:`relay.claimsize`), and when nothing more is due it sleeps until the next
-retry falls due, a wake-up (NOTIFY ``relay_deliveries``, a release, a scheduled retry) or a
-poll.
+known to be due (:mod:`relay.daemon.claimsize`), and when nothing more is due it sleeps until
+the next retry falls due, a wake-up (:class:`~relay.daemon.signals.Signals`: NOTIFY
+``relay_deliveries``, a release, a scheduled retry) or a poll.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from relay.config import Config
-from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.attempts import Attempts
 from relay.daemon.claimsize import ClaimSizer
+from relay.daemon.signals import Signals, wait_for_event
 from relay.daemon.store import Store
 from relay.metrics import Metrics
 
@@ -31,51 +31,31 @@ class Deliverer:
         store: Store,
         metrics: Metrics,
         attempts: Attempts,
-        stopping: asyncio.Event,
+        signals: Signals,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.attempts = attempts
-        self.stopping = stopping
+        self.signals = signals
+        self.stopping = signals.stopping
         self.claim_sizer = ClaimSizer()
-        self.wake = asyncio.Event()
-        self.new_work = True  # something may have become due since the last claim
-        self.sleeps_until: float | None = None  # monotonic end of its timed sleep
+        self.wake = signals.deliveries
         self.fruitless: frozenset[int] | None = None  # exclusions of a claim that found none
 
-    # -- wake-ups ------------------------------------------------------------------------------
-    def work_arrived(self) -> None:
-        """Deliveries of unknown number may be due (NOTIFY, unleased fan-out, rows released):
-        wake the deliverer, and let its next claim take the whole room."""
-        self.claim_sizer.unknown_work()
-        self._wake()
+    def _sized(self) -> ClaimSizer:
+        """The claim sizer, told what was signalled since it was last asked (a wake-up of
+        unknown size, retries this relay scheduled)."""
+        unknown, retries = self.signals.take_due()
+        if unknown:
+            self.claim_sizer.unknown_work()
+        if retries:
+            self.claim_sizer.retries_due(retries)
+        return self.claim_sizer
 
-    def _wake(self) -> None:
-        self.new_work = True
-        self.wake.set()
-
-    def retry_scheduled(self, delays: list[float]) -> None:
-        """Retries fall due in ``delays`` s: count them for sizing claims, and wake the
-        deliverer unless it already sleeps only until before the first (waking it for every
-        failed attempt would cost a claim each)."""
-        now = time.monotonic()
-        self.claim_sizer.retries_scheduled(now, delays)
-        until = self.sleeps_until
-        if until is not None and until <= now + min(delays):
-            return
-        self._wake()  # the sizer knows these: no whole-room claim
-
-    def attempt_finished(self, subscription_id: int) -> None:
-        """An attempt ended and freed its slot."""
-        if (
-            self.fruitless is not None
-            and subscription_id in self.fruitless
-            and self.attempts.was_saturated(subscription_id)
-        ):
-            # The last claim skipped this subscription's due rows (and the next-due time
-            # ignored them): now that it has room, look again.
-            self.wake.set()
+    def _skipping(self, exclusions: frozenset[int] | None) -> None:
+        self.fruitless = exclusions
+        self.signals.skipping(exclusions)
 
     # -- claiming ------------------------------------------------------------------------------
     async def step(self) -> None:
@@ -84,16 +64,16 @@ class Deliverer:
         if attempts.free_slots() <= 0:
             await attempts.wait_for_slot(None)
             return
-        saturated = attempts.slots.saturated()
+        saturated = attempts.saturated()
         exclusions = frozenset(saturated)
-        if exclusions and exclusions == self.fruitless and not self.new_work:
+        if exclusions and exclusions == self.fruitless and not self.signals.new_work:
             # The last claim that skipped these saturated subscriptions found nothing else
             # due; running it again would walk their whole backlog for nothing. Wait for new
             # work, or for one of them to free a slot (the exclusions then change).
             self.wake.clear()
             await wait_for_event(self.wake, self.config.poll_interval)
             if not self.wake.is_set():
-                self.fruitless = None  # a poll: look once more
+                self._skipping(None)  # a poll: look once more
                 self.claim_sizer.unknown_work()
             return
         room = attempts.claim_room()
@@ -104,7 +84,7 @@ class Deliverer:
             return
         # Reserve what is known to be due, not the whole room: the dispatcher needs the rest
         # while the claim runs (relay/daemon/claimsize.py).
-        target = self.claim_sizer.target(
+        target = self._sized().target(
             time.monotonic(), self.config.claim_batch, attempts.low_water()
         )
         want = min(room, target)
@@ -114,7 +94,7 @@ class Deliverer:
             want = min(await attempts.gather(attempts.claim_room), target)
             if want <= 0:
                 return
-            saturated = attempts.slots.saturated()
+            saturated = attempts.saturated()
             exclusions = frozenset(saturated)
         claimed = await self._claim(want, saturated, exclusions)
         if claimed < want:
@@ -124,22 +104,22 @@ class Deliverer:
         """Claim up to ``want`` due deliveries (skipping ``saturated``), start them, and
         return how many came back."""
         self.wake.clear()
-        self.new_work = False
+        self.signals.new_work = False
         # Marked before the statement: an excluded subscription's slot that frees while the
-        # claim runs must wake the deliverer again (see attempt_finished).
-        self.fruitless = exclusions or None
+        # claim runs must wake the deliverer again (see Signals.slot_freed).
+        self._skipping(exclusions or None)
         # Reserved until the jobs are held, like a dispatch's leases: the dispatcher must not
         # hand the same slots (or the same subscription's room) out meanwhile.
         with self.attempts.reserving(want):
             leased_at = time.monotonic()
             jobs = await self.store.claim(want, self.config.lease_seconds, saturated)
-            self.fruitless = exclusions if exclusions and len(jobs) < want else None
+            self._skipping(exclusions if exclusions and len(jobs) < want else None)
             self.metrics.db_up.labels("pool").set(1)
             self.metrics.claims.labels("delivery").inc()
             if jobs:
                 self.metrics.claimed.labels("delivery").inc(len(jobs))
             claimed = len(jobs)
-            self.claim_sizer.claimed(want, claimed)
+            self._sized().claimed(want, claimed)
             await self.attempts.start(jobs, leased_at)
         return claimed
 
@@ -157,8 +137,8 @@ class Deliverer:
                 # fall due close together (a retry is never early, at most this late).
                 wait = min(wait, until + RETRY_COALESCE_SECONDS) if until > 0 else 0.0
         if wait > 0:
-            self.sleeps_until = time.monotonic() + wait
+            self.signals.deliverer_sleeps_until = time.monotonic() + wait
             try:
                 await wait_for_event(self.wake, wait)
             finally:
-                self.sleeps_until = None
+                self.signals.deliverer_sleeps_until = None

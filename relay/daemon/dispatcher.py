@@ -4,18 +4,17 @@ One statement (``relay.dispatch_outbox``) marks a batch of outbox rows dispatche
 delivery for every subscription each matches, and leases the first of them to this relay, as
 many as it can start now: a backlog waits in the outbox, and a delivery is written twice
 (inserted leased, then acked), not three times. Deliveries it could not lease are due now for
-any relay's deliverer.
+any relay's deliverer (:meth:`~relay.daemon.signals.Signals.deliveries_due` wakes it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import Callable
 
 from relay.config import Config
-from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.attempts import Attempts
+from relay.daemon.signals import Signals, wait_for_event
 from relay.daemon.store import Store
 from relay.metrics import Metrics
 
@@ -26,8 +25,9 @@ FANOUT_SMOOTHING = 0.3
 class Dispatcher:
     """Runs dispatch statements while the outbox has rows and this relay has room.
 
-    ``wake`` is set by a NOTIFY on ``relay_outbox``; ``on_unleased()`` is called when a
-    dispatch created deliveries it did not lease (the deliverer's to claim).
+    It wakes on :meth:`Signals.outbox_woken` (a NOTIFY on ``relay_outbox``), and signals
+    :meth:`Signals.deliveries_due` when a dispatch created deliveries it did not lease (the
+    deliverer's to claim).
     """
 
     def __init__(
@@ -36,17 +36,15 @@ class Dispatcher:
         store: Store,
         metrics: Metrics,
         attempts: Attempts,
-        stopping: asyncio.Event,
-        *,
-        on_unleased: Callable[[], None],
+        signals: Signals,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.attempts = attempts
-        self.stopping = stopping
-        self.on_unleased = on_unleased
-        self.wake = asyncio.Event()
+        self.signals = signals
+        self.stopping = signals.stopping
+        self.wake = signals.outbox
         self.backlog = False  # the last dispatch was full: more events are waiting
         self.fanout_estimate = 1.0  # deliveries per dispatched event, recently
 
@@ -88,7 +86,7 @@ class Dispatcher:
                 # the slots as free.
                 await attempts.start(jobs, leased_at)
         if created > len(jobs):
-            self.on_unleased()
+            self.signals.deliveries_due()
         self.backlog = dispatched == limit
         if not self.backlog:
             await wait_for_event(self.wake, self.config.poll_interval)

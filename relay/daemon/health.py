@@ -11,15 +11,12 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from relay.errors import DatabaseError
-
-if TYPE_CHECKING:
-    from relay.daemon.service import Relay
 
 log = logging.getLogger("relay.health")
 
@@ -28,14 +25,55 @@ LOOP_STUCK_AFTER = 30.0
 READY_DB_TIMEOUT = 2.0
 
 
+class Probe(Protocol):
+    """What the probes read of the running relay (:class:`relay.daemon.service.Relay`)."""
+
+    @property
+    def last_loop_tick(self) -> float:
+        """Monotonic time the event loop last proved it runs."""
+        ...
+
+    @property
+    def schema_ok(self) -> bool:
+        """Whether the schema is at the version this relay needs."""
+        ...
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the relay is shutting down."""
+        ...
+
+    @property
+    def listener_connected(self) -> bool | None:
+        """Whether the LISTEN connection is up (None: not listening, by configuration)."""
+        ...
+
+    @property
+    def acks_error(self) -> str | None:
+        """Why attempt outcomes are not being recorded (acks keep failing), or None."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`DatabaseError` unless the database answers."""
+        ...
+
+
 class Health:
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
+    """The HTTP endpoint: serves ``registry`` on /metrics and what ``probe`` says on the
+    probes, at ``host_port``."""
+
+    def __init__(
+        self, probe: Probe, registry: CollectorRegistry, host_port: tuple[str, int]
+    ) -> None:
+        self.probe = probe
+        self.registry = registry
+        self.host_port = host_port
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
 
     def alive(self) -> bool:
-        return time.monotonic() - self.relay.last_loop_tick < LOOP_STUCK_AFTER
+        """Whether the event loop ticked recently (the systemd watchdog asks)."""
+        return time.monotonic() - self.probe.last_loop_tick < LOOP_STUCK_AFTER
 
     async def start(self) -> None:
         app = web.Application()
@@ -44,7 +82,7 @@ class Health:
         app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        host, port = self.relay.config.metrics_host_port
+        host, port = self.host_port
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         if self._runner.addresses:
@@ -57,13 +95,13 @@ class Health:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.relay.metrics.registry)
+        body = generate_latest(self.registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        age = time.monotonic() - self.relay.last_loop_tick
+        age = time.monotonic() - self.probe.last_loop_tick
         ok = age < LOOP_STUCK_AFTER
         body = {"status": "ok" if ok else "stuck", "loop_tick_age_seconds": round(age, 3)}
         return _json(body, 200 if ok else 503)
@@ -71,26 +109,23 @@ class Health:
     async def _readyz(self, request: web.Request) -> web.Response:
         checks: dict[str, Any] = {}
         try:
-            await asyncio.wait_for(self.relay.store.ping(), READY_DB_TIMEOUT)
+            await asyncio.wait_for(self.probe.ping(), READY_DB_TIMEOUT)
             checks["database"] = {"ok": True}
         except (DatabaseError, TimeoutError) as exc:
             checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
-        listener = self.relay.listener
-        if listener is not None:
-            checks["listener"] = {"ok": listener.connected}
-            if not listener.connected:
+        listening = self.probe.listener_connected
+        if listening is not None:
+            checks["listener"] = {"ok": listening}
+            if not listening:
                 checks["listener"]["error"] = "LISTEN connection is down (reconnecting)"
-        acker = self.relay.acker
-        checks["acks"] = {"ok": not acker.failing}
-        if acker.failing:
-            checks["acks"]["error"] = (
-                f"attempt outcomes not recorded, {acker.failures} failures in a row: "
-                f"{acker.last_error}"
-            )
-        checks["schema"] = {"ok": self.relay.schema_ok}
-        if not self.relay.schema_ok:
+        acks_error = self.probe.acks_error
+        checks["acks"] = {"ok": acks_error is None}
+        if acks_error is not None:
+            checks["acks"]["error"] = acks_error
+        checks["schema"] = {"ok": self.probe.schema_ok}
+        if not self.probe.schema_ok:
             checks["schema"]["error"] = "schema not at the expected version: run `relay migrate`"
-        if self.relay.stopping.is_set():
+        if self.probe.stopped:
             checks["stopping"] = {"ok": False, "error": "relay is shutting down"}
         ok = all(c["ok"] for c in checks.values())
         return _json(

@@ -14,9 +14,12 @@ from collections.abc import Callable
 
 import psycopg
 
+from relay.daemon.backoff import Backoff
+from relay.daemon.signals import DELIVERIES_CHANNEL, OUTBOX_CHANNEL
+
 log = logging.getLogger("relay.listener")
 
-CHANNELS = ("relay_outbox", "relay_deliveries")
+CHANNELS = (OUTBOX_CHANNEL, DELIVERIES_CHANNEL)
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
 CONNECT_TIMEOUT = 5
@@ -27,6 +30,9 @@ PING_AFTER = 10.0
 
 
 class Listener:
+    """Calls ``on_notify(channel)`` for each notification (in the daemon,
+    :meth:`relay.daemon.signals.Signals.notified`); ``connected`` says whether it listens."""
+
     def __init__(self, url: str, on_notify: Callable[[str], None]) -> None:
         self.url = url
         self.on_notify = on_notify
@@ -34,20 +40,23 @@ class Listener:
         self.reconnects = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        delay = RECONNECT_MIN
+        backoff = Backoff(RECONNECT_MIN, RECONNECT_MAX)
         while not stopping.is_set():
             try:
                 await self._listen(stopping)
-                delay = RECONNECT_MIN
+                backoff.reset()
+                delay = backoff.failed()
             except (psycopg.Error, OSError) as exc:
                 if self.connected:
                     # It was up: this is a fresh loss, not the next failure of a retry series.
-                    delay = RECONNECT_MIN
+                    backoff.reset()
+                delay = backoff.failed()
                 log.warning("listener connection lost, reconnecting in %.1fs: %s", delay, exc)
             except Exception:
                 # A bug (or a driver API mismatch) must not end the listener silently: relay
                 # would fall back to polling with nothing said. Logged at error level, the
                 # listener is down on /readyz meanwhile, and the loop tries again.
+                delay = backoff.failed()
                 log.exception("listener failed unexpectedly, restarting in %.1fs", delay)
             finally:
                 self.connected = False
@@ -55,7 +64,6 @@ class Listener:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
-            delay = min(RECONNECT_MAX, delay * 2)
 
     async def _listen(self, stopping: asyncio.Event) -> None:
         conn = await psycopg.AsyncConnection.connect(

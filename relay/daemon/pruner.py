@@ -27,7 +27,7 @@ import logging
 import time
 
 from relay.config import Config
-from relay.daemon.attempts import wait_for_event
+from relay.daemon.signals import wait_for_event
 from relay.daemon.store import Store
 from relay.metrics import Metrics
 

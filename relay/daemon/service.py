@@ -1,17 +1,19 @@
 """``relay run``: the daemon's loops, wired together.
 
 Tasks (all in one asyncio loop):
-- :class:`~relay.listener.Listener`: LISTEN for wake-ups, reconnecting with backoff;
-- :class:`~relay.dispatcher.Dispatcher`: fans undispatched outbox rows out into deliveries;
-- :class:`~relay.deliverer.Deliverer`: claims due deliveries while there are free slots;
-- :class:`~relay.attempts.Attempts`: one task per HTTP attempt for the jobs both lease;
+- :class:`~relay.daemon.listener.Listener`: LISTEN for wake-ups, reconnecting with backoff;
+- :class:`~relay.daemon.dispatcher.Dispatcher`: fans undispatched outbox rows out into
+  deliveries;
+- :class:`~relay.daemon.deliverer.Deliverer`: claims due deliveries while there are free slots;
+- :class:`~relay.daemon.attempts.Attempts`: one task per HTTP attempt for the jobs both lease;
 - :class:`~relay.daemon.acker.Acker`: writes attempt outcomes in batches (one statement per batch);
 - housekeeping: heartbeat, shared gauges, lapsed ready jobs, the vacuum fallback;
 - :class:`~relay.daemon.pruner.Pruner`: retention (prunes finished history, history sizes);
 - the systemd watchdog, and the HTTP server for /metrics, /healthz and /readyz.
 
-Every DB failure in a loop is logged, reported on /readyz and retried with backoff: a
-database outage never crashes the service into a restart loop.
+The loops never call each other: :class:`~relay.daemon.signals.Signals`, created first, carries
+every wake-up between them. Every DB failure in a loop is logged, reported on /readyz and
+retried with backoff: a database outage never crashes the service into a restart loop.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.config import Config
-from relay.daemon.acker import Acker, Backoff
-from relay.daemon.attempts import Attempts, wait_for_event
+from relay.daemon.acker import Acker
+from relay.daemon.attempts import Attempts
+from relay.daemon.backoff import Backoff
 from relay.daemon.deliverer import Deliverer
 from relay.daemon.dispatcher import Dispatcher
 from relay.daemon.health import Health
 from relay.daemon.listener import Listener
 from relay.daemon.pruner import Pruner
-from relay.daemon.store import Store
+from relay.daemon.signals import Signals, wait_for_event
+from relay.daemon.store import PgStore
 from relay.daemon.systemd import SystemdNotifier, watchdog_interval
 from relay.errors import ConfigError, DatabaseError
 from relay.metrics import Metrics
@@ -60,7 +64,10 @@ class Relay:
         self.config = config
         self.relay_id = config.effective_relay_id
         self.metrics = metrics or Metrics()
-        self.store = Store(
+        # First: every loop raises and waits on its wake-ups here, none calls another.
+        self.signals = Signals()
+        self.stopping = self.signals.stopping
+        self.store = PgStore(
             url,
             pool_size=config.pool_size,
             relay_id=self.relay_id,
@@ -70,44 +77,49 @@ class Relay:
         self.sender = HttpSender(
             config.concurrency, parse_allowed_networks(config.allowed_networks)
         )
-        self.stopping = asyncio.Event()
-        # The parts call each other back through these lambdas: each is built before the
-        # next, and the deliverer (last) is the one most of them wake.
-        self.acker = Acker(
-            self.store, self.metrics, on_retry=lambda delays: self.deliverer.retry_scheduled(delays)
-        )
+        self.acker = Acker(self.store, self.metrics, self.signals)
         self.attempts = Attempts(
             config,
             self.store,
             self.sender,
             self.metrics,
-            self.stopping,
+            self.signals,
             on_outcome=self.acker.put,
-            on_released=lambda: self.deliverer.work_arrived(),
-            on_finished=lambda subscription_id: self.deliverer.attempt_finished(subscription_id),
         )
-        self.dispatcher = Dispatcher(
-            config,
-            self.store,
-            self.metrics,
-            self.attempts,
-            self.stopping,
-            on_unleased=lambda: self.deliverer.work_arrived(),
-        )
-        self.deliverer = Deliverer(config, self.store, self.metrics, self.attempts, self.stopping)
-        self.listener = Listener(url, self._on_notify) if config.listen else None
+        self.dispatcher = Dispatcher(config, self.store, self.metrics, self.attempts, self.signals)
+        self.deliverer = Deliverer(config, self.store, self.metrics, self.attempts, self.signals)
+        self.listener = Listener(url, self.signals.notified) if config.listen else None
         self.pruner = Pruner(config, self.store, self.metrics, self.stopping)
-        self.health = Health(self)
+        self.health = Health(self, self.metrics.registry, config.metrics_host_port)
         self.notifier = SystemdNotifier()
         self.last_vacuum_check = time.monotonic()
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
-    def _on_notify(self, channel: str) -> None:
-        if channel == "relay_outbox":
-            self.dispatcher.wake.set()
-        else:
-            self.deliverer.work_arrived()
+    # -- what /healthz and /readyz read (relay.daemon.health.Probe) ----------------------------
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop was asked."""
+        return self.stopping.is_set()
+
+    @property
+    def listener_connected(self) -> bool | None:
+        """Whether the LISTEN connection is up (None: not listening, by configuration)."""
+        return None if self.listener is None else self.listener.connected
+
+    @property
+    def acks_error(self) -> str | None:
+        """Why attempt outcomes are not being recorded (acks keep failing), or None."""
+        if not self.acker.failing:
+            return None
+        return (
+            f"attempt outcomes not recorded, {self.acker.failures} failures in a row: "
+            f"{self.acker.last_error}"
+        )
+
+    async def ping(self) -> None:
+        """Prove the database answers (:class:`DatabaseError` if not)."""
+        await self.store.ping()
 
     def _toggle_debug(self) -> None:
         from relay.logs import toggle_debug
@@ -118,10 +130,7 @@ class Relay:
         if not self.stopping.is_set():
             log.info("stopping: no new claims; draining in-flight deliveries")
             self.notifier.stopping()
-            self.stopping.set()
-            self.dispatcher.wake.set()
-            self.deliverer.wake.set()
-            self.attempts.slot_free.set()
+            self.signals.stop()
 
     async def _guarded(
         self, name: str, step: Callable[[], Awaitable[None]], *, cancellable: bool = True
@@ -161,7 +170,7 @@ class Relay:
         m.dead.set(stats.deliveries_dead)
         m.oldest_pending_age.set(stats.oldest_pending_age)
         m.relays_seen.set(stats.relays_seen)
-        self.attempts.subscriptions_active = stats.subscriptions_active
+        self.attempts.subscriptions_changed(stats.subscriptions_active)
         m.db_up.labels("pool").set(1)
 
     async def _housekeeping_step(self) -> None:
@@ -296,13 +305,12 @@ class Relay:
 
 def main(config: Config) -> int:
     """Entry point of ``relay run``: resolve the database, set up logging, run until a signal."""
-    from relay.embedded import migrate_embedded, resolve_database_url
+    from relay.embedded import resolve_database_url
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
-    url = resolve_database_url(config.database_url, config.state_dir)
-    if config.database_url is None:
-        migrate_embedded(url)
+    # Nobody else migrates an embedded database: resolving it does.
+    url = resolve_database_url(config.database_url, config.state_dir, migrate=True)
     _check_credentials(url)
     relay = Relay(config, url)
     _tune_gc()
@@ -344,11 +352,11 @@ def _tune_gc() -> None:
 
     Each request briefly holds a few dozen container objects (aiohttp's request/response,
     the task, the job's dicts), so at the default threshold (700 more allocations than
-    frees) the collector ran every ~14 deliveries and a full collection walked every object
-    the process had imported: 11 % of relay's CPU in a 20,000-event drain. Objects that live
-    for the whole run are moved out of its reach (``gc.freeze``), and a young collection
-    waits for GC_THRESHOLD more live objects: garbage cycles (rare here) are still
-    collected once that many build up.
+    frees) the collector ran every few deliveries and its full collections walked every
+    object the process had imported (what that cost: docs/performance.md, "Levers"). Objects
+    that live for the whole run are moved out of its reach (``gc.freeze``), and a young
+    collection waits for GC_THRESHOLD more live objects: garbage cycles (rare here) are
+    still collected once that many build up.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)

@@ -2,8 +2,8 @@
 
 A relay leases a few more deliveries than it has request slots (``prefetch``), so a slot that
 frees starts the next request at once instead of waiting for a statement, and each dispatch
-or claim statement leases a bigger batch (a 100-row statement costs Postgres about a third
-less per delivery than a 25-row one). The ready jobs wait here, in order, per subscription.
+or claim statement leases a bigger batch (a bigger statement costs Postgres less per
+delivery: docs/performance.md). The ready jobs wait here, in order, per subscription.
 
 Two rules keep prefetching safe:
 

@@ -1,8 +1,10 @@
 """The daemon's narrow port to Postgres: every SQL statement ``relay run`` executes.
 
-Callers get plain dataclasses and :class:`relay.errors.DatabaseError`; psycopg never leaks
-past this module. Each method is one short transaction (autocommit connections from the
-pool): no transaction ever spans an HTTP call.
+:class:`Store` is the port the loops depend on (a Protocol: the unit tests give them a scripted
+one); :class:`PgStore` is the real one. Callers get plain dataclasses and
+:class:`relay.errors.DatabaseError`; psycopg never leaks past this module. Each method is one
+short transaction (autocommit connections from the pool): no transaction ever spans an HTTP
+call.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -25,7 +27,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from relay import __version__, crypto
-from relay.errors import DatabaseError
+from relay.errors import DatabaseError, database_error
 from relay.sql import q
 
 # How long to wait for a pooled connection before calling the database unavailable.
@@ -35,7 +37,7 @@ _VACUUM_LOCK = 0x72656C6176  # "relav"
 
 
 # Not frozen (nothing mutates it): a frozen dataclass sets each field through
-# object.__setattr__, 1.6x the cost of building one, once per delivery or attempt.
+# object.__setattr__, which makes building one markedly dearer, once per delivery or attempt.
 @dataclass(slots=True)
 class Job:
     """A leased delivery with everything needed to attempt it."""
@@ -89,6 +91,73 @@ class Stats:
     relays_seen: int
     #: enabled subscriptions, read live (not a shared gauge): the dispatcher needs it
     subscriptions_active: int = 0
+
+
+class Store(Protocol):
+    """What the daemon's loops ask of the database (:class:`PgStore` answers it)."""
+
+    async def dispatch(
+        self, limit: int, lease_limit: int = 0, lease_seconds: float = 60.0
+    ) -> tuple[int, int, list[Job]]:
+        """Fan out up to ``limit`` outbox rows, leasing up to ``lease_limit`` new deliveries;
+        return (rows dispatched, deliveries created, leased jobs)."""
+        ...
+
+    async def claim(
+        self, limit: int, lease_seconds: float, saturated: Sequence[int] = ()
+    ) -> list[Job]:
+        """Lease up to ``limit`` due deliveries, skipping ``saturated`` subscriptions."""
+        ...
+
+    async def ack(self, acks: Sequence[Ack]) -> set[int]:
+        """Record attempt outcomes; return the ids whose lease was still ours."""
+        ...
+
+    async def release(self, jobs: Sequence[tuple[int, uuid.UUID]]) -> int:
+        """Give leased deliveries back, due now; return how many were still ours."""
+        ...
+
+    async def seconds_until_due(self, saturated: Sequence[int] = ()) -> float | None:
+        """Until the next delivery this relay could claim falls due (<= 0: due already)."""
+        ...
+
+    async def schema_version(self) -> int | None:
+        """The applied schema version (None: relay's schema is not there)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`DatabaseError` unless the database answers."""
+        ...
+
+    async def heartbeat(self) -> None:
+        """Record that this relay is alive."""
+        ...
+
+    async def stats(self, interval: float) -> Stats:
+        """The shared gauges (recomputed if older than ``interval`` s)."""
+        ...
+
+    async def vacuum_if_needed(self, min_dead: int, min_interval: float) -> list[str]:
+        """VACUUM the queue tables whose dead rows piled up; return those vacuumed."""
+        ...
+
+    async def prune_deliveries(self, older_than: float, limit: int) -> tuple[bool, int, int]:
+        """One batch of finished deliveries pruned: (this relay's turn, deliveries, attempts)."""
+        ...
+
+    async def prune_outbox(
+        self, older_than: float, limit: int, after: int
+    ) -> tuple[bool, int, int | None, bool]:
+        """One batch of the outbox walk (see :meth:`PgStore.prune_outbox`)."""
+        ...
+
+    async def history_bytes(self) -> dict[str, int]:
+        """``{table: bytes}`` of the history tables."""
+        ...
+
+    async def deregister(self) -> None:
+        """Remove this relay from the relays seen (at shutdown)."""
+        ...
 
 
 #: The job columns of the dispatch and claim statements, in order: Job's fields but the token
@@ -178,8 +247,8 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(_loads, conn)
 
 
-class Store:
-    """Async access to relay's tables through a connection pool."""
+class PgStore:
+    """The :class:`Store` of ``relay run``: relay's tables through a psycopg connection pool."""
 
     def __init__(
         self,
@@ -220,10 +289,7 @@ class Store:
                 yield conn
         except psycopg.Error as exc:
             # Includes the pool's own PoolTimeout/PoolClosed (psycopg.OperationalError).
-            transient = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-            raise DatabaseError(
-                f"{type(exc).__name__}: {exc}".strip(), transient=transient
-            ) from exc
+            raise database_error(exc) from exc
 
     async def schema_version(self) -> int | None:
         async with self._conn() as conn:

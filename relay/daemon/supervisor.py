@@ -239,11 +239,10 @@ class Supervisor:
 
 def supervise(config: Config, processes: int) -> int:
     """Entry point of ``relay run --processes N`` (N > 1)."""
-    from relay.embedded import migrate_embedded, resolve_database_url
+    from relay.embedded import resolve_database_url
     from relay.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
-    url = resolve_database_url(config.database_url, config.state_dir)
-    if config.database_url is None:
-        migrate_embedded(url)
+    # An embedded database is started and migrated here, once, not by each process.
+    url = resolve_database_url(config.database_url, config.state_dir, migrate=True)
     return Supervisor(config, url, processes).run()

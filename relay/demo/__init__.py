@@ -39,14 +39,13 @@ import psycopg
 
 from relay import admin
 from relay.admin import format as fmt
-from relay.config import Config, default_relay_id, load, mask_url
+from relay.config import Config, default_relay_id, load
 from relay.daemon.service import Relay
 from relay.demo.db import (
     EXPECTED_DELIVERIES,
     Run,
     add_subscriptions,
     app_transaction,
-    connect,
     disable_subscriptions,
     prepare_database,
     record_outbox_ids,
@@ -67,11 +66,12 @@ from relay.demo.output import (
     summary,
 )
 from relay.demo.receiver import DemoReceiver
-from relay.embedded import default_state_dir, is_embedded, resolve_database_url
+from relay.embedded import connect, default_state_dir, is_embedded, resolve_database_url
 from relay.errors import ConfigError, RelayError
 from relay.logs import RedactingFilter, TextFormatter
+from relay.masking import mask_url
 
-DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
+DEFAULT_METRICS_ADDR: str = Config().metrics_addr
 ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"  # the receiver is on loopback, refused by default
 BACKOFF_MS = 1000  # the orders subscription's backoff (read at run time: tests patch it)
 PACE_SECONDS = 0.2  # between app transactions, so the output reads as a story

@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 import relay
 from relay import admin
 from relay.admin import validation as v
-from relay.config import mask_url
 from relay.demo.output import say
 from relay.demo.receiver import DEMO_TOKEN
-from relay.errors import NotFound, RelayError
+from relay.errors import NotFound
 from relay.sql.migrate import migrate
 
 Conn = psycopg.Connection[Any]
@@ -138,19 +136,6 @@ def app_transaction(conn: Conn, event: AppEvent) -> int:
 
 
 # Database ----------------------------------------------------------------------------------------
-
-
-def connect(url: str) -> Conn:
-    """An autocommit connection that fails fast on an unreachable host."""
-    kwargs: dict[str, Any] = {}
-    with contextlib.suppress(psycopg.ProgrammingError):
-        if "connect_timeout" not in conninfo_to_dict(url):
-            kwargs["connect_timeout"] = 10
-    try:
-        return psycopg.connect(url, autocommit=True, **kwargs)
-    except psycopg.Error as exc:
-        where = f" at {mask_url(url)}" if "://" in url else ""
-        raise RelayError(f"cannot connect to the database{where}: {exc}") from None
 
 
 def prepare_database(conn: Conn) -> None:

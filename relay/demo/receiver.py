@@ -1,4 +1,6 @@
-"""The local webhook receiver of ``relay demo`` (aiohttp, loopback, ephemeral port).
+"""The local webhook receiver of ``relay demo``: relay's test receiver
+(:class:`relay.testing.receiver.Receiver`, loopback, ephemeral port), answering as the demo
+tells.
 
 ``POST /orders`` verifies the Standard Webhooks signature and the bearer token
 (:data:`DEMO_TOKEN`) and fails its first request with 503, so the demo shows a retry;
@@ -11,10 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from relay.demo.output import say, stamp
+from relay.testing.receiver import Behaviour, Receiver, respond
+from relay.testing.receiver import Received as Request
 
 DEMO_TOKEN = "demo-token"
 
@@ -41,27 +44,27 @@ class DemoReceiver:
     requests: list[Received] = field(default_factory=list)
     _failed_once: bool = False
     _seen_ids: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
+    _receiver: Receiver | None = None
     base_url: str = ""
 
     async def start(self) -> str:
         """Listen on 127.0.0.1 with an ephemeral port; return the base URL."""
-        app = web.Application()
-        app.router.add_post("/orders", self._orders)
-        app.router.add_get("/tests", self._tests)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._receiver = await Receiver(on_request=self._answer).start()
+        self.base_url = self._receiver.url("").rstrip("/")
         return self.base_url
 
     async def stop(self) -> None:
         """Close the listener."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._receiver is not None:
+            await self._receiver.close()
+            self._receiver = None
+
+    def _answer(self, request: Request) -> Behaviour:
+        if request.method == "POST" and request.path == "/orders":
+            return self._orders(request)
+        if request.method == "GET" and request.path == "/tests":
+            return self._tests(request)
+        return respond(404)
 
     def _retry_note(self, webhook_id: str) -> str:
         if webhook_id in self._seen_ids:
@@ -69,15 +72,15 @@ class DemoReceiver:
         self._seen_ids.add(webhook_id)
         return ""
 
-    async def _orders(self, request: web.Request) -> web.Response:
-        body = await request.read()
+    def _orders(self, request: Request) -> Behaviour:
+        body = request.body
         webhook_id = request.headers.get("webhook-id", "-")
         try:
-            Webhook(self.secret or "").verify(body, dict(request.headers))
+            Webhook(self.secret or "").verify(body, request.headers)
             signature_ok = True
         except (WebhookVerificationError, ValueError):
             signature_ok = False
-        auth_ok = request.headers.get("Authorization") == f"Bearer {DEMO_TOKEN}"
+        auth_ok = request.headers.get("authorization") == f"Bearer {DEMO_TOKEN}"
         try:
             doc = json.loads(body)
         except ValueError:
@@ -98,9 +101,9 @@ class DemoReceiver:
             f"  -> {status}{' ' + text if text else ''}{note}"
         )
         say(f"           body {body.decode(errors='replace')}")
-        return web.Response(status=status, text=text or None)
+        return respond(status, text)
 
-    async def _tests(self, request: web.Request) -> web.Response:
+    def _tests(self, request: Request) -> Behaviour:
         webhook_id = request.headers.get("webhook-id", "-")
         name = request.query.get("eventType")
         note = self._retry_note(webhook_id)
@@ -110,4 +113,4 @@ class DemoReceiver:
             f"unsigned (no secret)  -> 204{note}"
         )
         say(f"           query {request.query_string}")
-        return web.Response(status=204)
+        return respond(204)

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.daemon.store import Store
+from relay.daemon.store import PgStore
 from tests.faults._util import (
     Conn,
     readyz,
@@ -227,7 +227,7 @@ async def test_readiness_is_not_fooled_by_idle_connections_the_server_closed(
     """Every idle pooled connection terminated while nothing used them: the database still
     answers, so /readyz must say ready at once (the dead connections are dropped, not
     reported as an outage)."""
-    store = Store(database_url, pool_size=4, relay_id="ping-test")
+    store = PgStore(database_url, pool_size=4, relay_id="ping-test")
     await store.open()
     try:
         await store.pool.wait()

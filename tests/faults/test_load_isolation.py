@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from relay.daemon.service import Relay
-from relay.daemon.store import Store
+from relay.daemon.store import PgStore
 from tests.faults._util import Conn, report, scalar, scaled, summary_ms, wait_sync
 from tests.faults.conftest import StartRelay
 from tests.receiver import Receiver, hang, respond, start_receiver_process
@@ -154,13 +154,13 @@ async def test_caps_hold_when_dispatch_and_claim_race(
     """With a slow database round trip (``release`` takes 1.5 s), a dispatch that leases new
     deliveries and a claim by the deliverer overlap: still at most ``concurrency`` attempts
     run at once, and at most the subscription cap go to one (hanging) endpoint."""
-    original = Store.release
+    original = PgStore.release
 
-    async def slow_release(self: Store, jobs: Any) -> int:
+    async def slow_release(self: PgStore, jobs: Any) -> int:
         await asyncio.sleep(1.5)
         return await original(self, jobs)
 
-    monkeypatch.setattr(Store, "release", slow_release)
+    monkeypatch.setattr(PgStore, "release", slow_release)
     receiver.script("/hang", [hang(60)])
     add_subscription(conn, receiver.url("/hang"), timeout_ms=10_000)
     for i in range(30):

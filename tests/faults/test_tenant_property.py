@@ -1,7 +1,7 @@
 """Tenant isolation and event filters, as a property of the real dispatcher.
 
 Random subscriptions (tenant or none, globs from the catalog, enabled or not) and random
-events (tenant or none) go through ``Store.dispatch`` — the daemon's own fan-out statement on
+events (tenant or none) go through ``PgStore.dispatch`` — the daemon's own fan-out statement on
 a real Postgres — and the deliveries created must be exactly the model's:
 ``enabled and (sub.tenant is None or sub.tenant == event.tenant) and (no globs or a glob
 matches the type)``. An untenanted event never reaches a tenanted subscription.
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from relay.daemon.store import Store
+from relay.daemon.store import PgStore
 from tests.faults._util import Conn, report, scaled
 from tests.relayctx import SEEDED_EVENT_TYPES, add_subscription
 
@@ -109,10 +109,10 @@ def matches(sub: Sub, event: Event) -> bool:
 
 
 @pytest.fixture
-def store_loop(database_url: str) -> Iterator[tuple[Store, asyncio.AbstractEventLoop]]:
-    """One open Store (the daemon's port) and a private loop to drive it from sync code."""
+def store_loop(database_url: str) -> Iterator[tuple[PgStore, asyncio.AbstractEventLoop]]:
+    """One open PgStore (the daemon's port) and a private loop to drive it from sync code."""
     loop = asyncio.new_event_loop()
-    store = Store(database_url, pool_size=2, relay_id="t")
+    store = PgStore(database_url, pool_size=2, relay_id="t")
     loop.run_until_complete(store.open())
     yield store, loop
     loop.run_until_complete(store.close())
@@ -149,7 +149,7 @@ STATS = {"examples": 0, "subscriptions": 0, "events": 0, "deliveries": 0}
 )
 def test_fanout_matches_the_tenant_and_filter_model(
     conn: Conn,
-    store_loop: tuple[Store, asyncio.AbstractEventLoop],
+    store_loop: tuple[PgStore, asyncio.AbstractEventLoop],
     subs: list[Sub],
     events: list[Event],
 ) -> None:

@@ -12,15 +12,15 @@ import pytest
 
 import relay.daemon.acker
 from relay.daemon.acker import Acker
-from relay.daemon.store import Ack, Job, Store
+from relay.daemon.store import Ack, Job, PgStore
 from relay.metrics import Metrics
 from tests.relayctx import add_subscription, emit
 
 Conn = psycopg.Connection[Any]
 
 
-class CountingStore(Store):
-    """A real Store that records the size of every ack statement it runs."""
+class CountingStore(PgStore):
+    """A real PgStore that records the size of every ack statement it runs."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, pool_size=2, relay_id="relay-acker-test")
@@ -35,7 +35,7 @@ def _ack(job: Job) -> Ack:
     return Ack(job.id, job.token, "delivered", 0.0, 204, None, datetime.now(UTC), 1.0, None)
 
 
-async def _leased_jobs(conn: Conn, store: Store, n: int) -> list[Job]:
+async def _leased_jobs(conn: Conn, store: PgStore, n: int) -> list[Job]:
     add_subscription(conn, "http://127.0.0.1:9/hook")
     for k in range(n):
         emit(conn, "order.created", {"k": k})

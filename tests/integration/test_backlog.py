@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import psycopg
@@ -98,15 +97,3 @@ async def test_every_leased_or_claimed_delivery_is_attempted_once(
         made = conn.execute("SELECT count(*) FROM relay.delivery_attempts").fetchone()
         assert made is not None and made[0] == len(rx.requests) == 82  # 80 + 2 retries
         assert taken == made[0]
-
-
-async def test_a_scheduled_retry_wakes_the_deliverer_only_if_it_would_sleep_past_it(
-    database_url: str,
-) -> None:
-    async with running_relay(database_url) as relay:
-        relay.deliverer.wake.clear()
-        relay.deliverer.sleeps_until = time.monotonic() + 0.5
-        relay.deliverer.retry_scheduled([5.0])  # due after the planned wake-up: no need to wake
-        assert not relay.deliverer.wake.is_set()
-        relay.deliverer.retry_scheduled([0.1])  # due before it: wake to re-read the next due time
-        assert relay.deliverer.wake.is_set()

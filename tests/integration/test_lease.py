@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from relay.daemon.store import JOB_COLUMNS, Ack, Job, Store
+from relay.daemon.store import JOB_COLUMNS, Ack, Job, PgStore
 from relay.sql import q
 from tests.relayctx import add_subscription, attempts, emit
 
@@ -24,8 +24,8 @@ async def test_an_ack_from_a_relay_that_lost_its_lease_is_ignored(
 ) -> None:
     add_subscription(conn, "http://127.0.0.1:9/hook")
     emit(conn, "order.created", {})
-    a = Store(database_url, pool_size=2, relay_id="relay-a")
-    b = Store(database_url, pool_size=2, relay_id="relay-b")
+    a = PgStore(database_url, pool_size=2, relay_id="relay-a")
+    b = PgStore(database_url, pool_size=2, relay_id="relay-b")
     await a.open()
     await b.open()
     try:
@@ -59,7 +59,7 @@ async def test_retry_schedule_is_persisted_not_reset_by_a_restart(
     schedule the old one wrote and does not attempt early."""
     add_subscription(conn, "http://127.0.0.1:9/hook")
     emit(conn, "order.created", {})
-    first = Store(database_url, pool_size=2, relay_id="before-restart")
+    first = PgStore(database_url, pool_size=2, relay_id="before-restart")
     await first.open()
     try:
         await first.dispatch(10)
@@ -68,7 +68,7 @@ async def test_retry_schedule_is_persisted_not_reset_by_a_restart(
         assert await first.ack([retry]) == {job.id}
     finally:
         await first.close()
-    after = Store(database_url, pool_size=2, relay_id="after-restart")
+    after = PgStore(database_url, pool_size=2, relay_id="after-restart")
     await after.open()
     try:
         assert await after.claim(10, lease_seconds=60) == []  # not due for 30 s
@@ -81,7 +81,7 @@ async def test_retry_schedule_is_persisted_not_reset_by_a_restart(
 
 
 def test_dispatch_and_claim_return_the_job_columns_in_job_order(conn: Conn) -> None:
-    """Store builds a Job positionally from each row: both statements must return exactly
+    """PgStore builds a Job positionally from each row: both statements must return exactly
     JOB_COLUMNS, in order, after their own leading columns."""
     params = {
         "limit": 1,

@@ -43,7 +43,7 @@ def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
 async def test_vacuum_fallback_cleans_the_queue_tables(database_url: str) -> None:
     """With autovacuum off (as on CI's server), relay vacuums its own queue tables once dead
     rows pile up, so the claim's index walk does not degrade; one relay at a time."""
-    from relay.daemon.store import Store
+    from relay.daemon.store import PgStore
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE relay.deliveries SET (autovacuum_enabled = false)")
@@ -58,7 +58,7 @@ async def test_vacuum_fallback_cleans_the_queue_tables(database_url: str) -> Non
         )
         conn.execute("UPDATE relay.deliveries SET status = 'delivered'")  # 3000 dead rows
         conn.execute("SELECT pg_stat_force_next_flush()")
-    store = Store(database_url, pool_size=2, relay_id="vac")
+    store = PgStore(database_url, pool_size=2, relay_id="vac")
     await store.open()
     try:
         assert await store.vacuum_if_needed(min_dead=10_000, min_interval=0) == []

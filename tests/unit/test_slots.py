@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import pytest
 
 from relay.daemon.slots import START_MARGIN, Slots, lease_length
 from relay.daemon.store import Job
+from tests.unit.scripted_store import make_job
 
 NOW = 1000.0
 LONG = NOW + 60.0  # a lease with plenty left
 
 
 def job(i: int, sub: int = 1, timeout_ms: int = 10_000) -> Job:
-    return Job(
-        id=i,
-        token=uuid.uuid4(),
-        attempts=0,
-        failures=0,
-        outbox_id=i,
-        event_id=uuid.uuid4(),
-        event_type="order.created",
-        payload={},
-        version="1",
-        tenant_id=None,
-        created_at=datetime.now(UTC),
-        subscription_id=sub,
-        url="http://127.0.0.1/",
-        method="POST",
-        headers={},
-        event_names={},
-        body_map=None,
-        secret=None,
-        previous_secret=None,
-        max_retries=3,
-        backoff_ms=5000,
-        timeout_ms=timeout_ms,
-    )
+    return make_job(i, sub, timeout_ms)
 
 
 def ids(jobs: list[Job]) -> list[int]:

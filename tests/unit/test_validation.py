@@ -8,6 +8,7 @@ import pytest
 
 from relay.admin import validation as v
 from relay.errors import ValidationError
+from relay.masking import mask_url
 
 
 def field_of(exc: pytest.ExceptionInfo[ValidationError]) -> str:
@@ -54,9 +55,20 @@ def test_invalid_urls(url: str) -> None:
 
 
 def test_mask_url_credentials() -> None:
-    assert v.mask_url_credentials("https://u:pw@h.com/x?a=1") == "https://u:***@h.com/x?a=1"
-    assert v.mask_url_credentials("https://token@h.com/x") == "https://***@h.com/x"
-    assert v.mask_url_credentials("https://h.com/x") == "https://h.com/x"
+    assert mask_url("https://u:pw@h.com/x?a=1", hide_user=True) == "https://u:***@h.com/x?a=1"
+    assert mask_url("https://token@h.com/x", hide_user=True) == "https://***@h.com/x"
+    assert mask_url("https://h.com/x", hide_user=True) == "https://h.com/x"
+    # only the authority is read: an "@" in the path is not a credential
+    assert mask_url("https://h.com:8443/x@y", hide_user=True) == "https://h.com:8443/x@y"
+
+
+def test_mask_database_urls_and_conninfo() -> None:
+    assert mask_url("postgresql://u:p@ss/w@h/db") == "postgresql://u:***@h/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert (
+        mask_url("postgresql://h/db?user=u&password=pw") == "postgresql://h/db?user=u&password=***"
+    )
+    assert mask_url("host=h password='a b' dbname=x") == "host=h password=*** dbname=x"
 
 
 @pytest.mark.parametrize(("raw", "want"), [("get", "GET"), ("POST", "POST"), (" Post ", "POST")])
