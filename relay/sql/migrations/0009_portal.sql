@@ -1,5 +1,4 @@
 -- Customer portal (relay/portal): signed, revocable links that open one tenant's portal.
--- 0005-0009 are reserved for other work; migrate applies whatever versions are missing.
 
 -- The HMAC key that signs portal links and sessions: one row, created on first use by the
 -- first `relay portal-link` (INSERT ... ON CONFLICT DO NOTHING, so concurrent first uses agree).
