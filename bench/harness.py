@@ -168,14 +168,29 @@ def table_sizes(url: str) -> dict[str, int]:
 # --------------------------------------------------------------------------- processes
 
 
+# The receiver's mode for every scenario: lean (uvloop, no JSON parse) unless the runner's
+# --aiohttp-receiver asks for the old aiohttp one (to measure what the yardstick itself costs).
+RECEIVER_LEAN = True
+
+
 class ReceiverProc:
     """The receiver (``python -m relay.testing.receiver_process``, no log) in its own
-    process, driven over its control endpoints."""
+    process, driven over its control endpoints; ``--lean`` unless :data:`RECEIVER_LEAN`
+    is off."""
 
-    def __init__(self, fail_every: int = 0, workdir: Path | None = None, fail_nth: int = 0) -> None:
+    def __init__(
+        self,
+        fail_every: int = 0,
+        workdir: Path | None = None,
+        fail_nth: int = 0,
+        lean: bool | None = None,
+    ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self.err_path = self.workdir / f"receiver-{uuid.uuid4().hex[:6]}.stderr"
         args = [sys.executable, "-m", "relay.testing.receiver_process", "--port", "0"]
+        self.lean = RECEIVER_LEAN if lean is None else lean
+        if self.lean:
+            args.append("--lean")
         if fail_every:  # by event key: the same events fail on every attempt
             args += ["--fail-event-every", str(fail_every)]
         if fail_nth:  # by arrival

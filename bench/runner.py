@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from bench.harness import (
     DEFAULT_SERVER_URL,
     ROOT,
@@ -84,6 +85,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="DIR",
         help="profile the relays of drain-type scenarios with py-spy (raw stacks)",
+    )
+    p.add_argument(
+        "--aiohttp-receiver",
+        action="store_true",
+        help="use the old aiohttp receiver instead of the lean one (to measure the yardstick)",
     )
     p.add_argument("--keep-databases", action="store_true", help="do not drop the databases")
     p.add_argument(
@@ -479,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         settings.relay_env[key] = value
     settings.py_spy = args.py_spy.resolve() if args.py_spy else None
+    harness.RECEIVER_LEAN = not args.aiohttp_receiver
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SCENARIOS]
@@ -498,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": settings.quick,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "code_fingerprint": code_fingerprint(),
+        "receiver": "lean" if harness.RECEIVER_LEAN else "aiohttp",
         "hardware": hardware(args.database_url),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
         "scenarios": {},

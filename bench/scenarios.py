@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
+import uvloop
 
 import relay
 from bench import retention
@@ -315,11 +316,11 @@ def _bodies(n: int) -> list[bytes]:
 def _measure_ceiling(rx: ReceiverProc, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
     """The bare aiohttp client against ``rx``; the receiver is reset before and after."""
     # A short warm-up so connection set-up is not part of the figure.
-    asyncio.run(_ceiling_client(rx.url("/warmup"), bodies[:500], concurrency, 30))
+    uvloop.run(_ceiling_client(rx.url("/warmup"), bodies[:500], concurrency, 30))
     rx.reset()
     rx_cpu0 = proc_cpu_seconds(rx.proc.pid) or 0.0
     machine = MachineCpu()
-    res = asyncio.run(_ceiling_client(rx.url("/hook"), bodies, concurrency, 120))
+    res = uvloop.run(_ceiling_client(rx.url("/hook"), bodies, concurrency, 120))
     busy = machine.busy()
     rx_cpu = (proc_cpu_seconds(rx.proc.pid) or 0.0) - rx_cpu0
     dump = rx.dump()
