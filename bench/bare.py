@@ -1,5 +1,7 @@
 """The issue's reference point: a bare hand-written claim-100 + POST loop.
 
+As lean as such a loop can be: uvloop, the payload taken as Postgres's JSON text and wrapped by
+string concatenation (no JSON decode or encode), constant headers, ``webhook-id`` from the row id.
 No fan-out, no subscriptions, no attempt log, no retries (a failed POST is simply left out of
 ``bare_done``), no metrics: claim up to 100 undispatched outbox rows (``FOR UPDATE SKIP
 LOCKED``, marking them in the same statement), POST each one's notification to one URL (at
@@ -20,37 +22,36 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from typing import Any
 
 import aiohttp
 import psycopg
 
 import relay
-from relay.webhook.body import build_notification, dumps
 
 CLAIM = """
 UPDATE relay.outbox o SET dispatched_at = now()
 FROM (SELECT id FROM relay.outbox WHERE dispatched_at IS NULL
       ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED) c
 WHERE o.id = c.id
-RETURNING o.id, o.event_type, o.version, o.payload
+RETURNING o.id, upper(o.event_type), o.version, o.payload::text
 """
 DONE = "INSERT INTO bare_done (id) SELECT unnest(%(ids)s::bigint[])"
+HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": f"relay-bench-bare/{relay.__version__}",
+}
 SETUP = "CREATE TABLE IF NOT EXISTS bare_done (id bigint PRIMARY KEY)"
 
 
 async def _post(
     session: aiohttp.ClientSession, sem: asyncio.Semaphore, url: str, row: tuple[Any, ...]
 ) -> bool:
-    _id, event_type, version, payload = row
-    body = dumps(build_notification(event_type, version, payload, {})).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": f"relay-bench-bare/{relay.__version__}",
-        "webhook-id": f"msg_{uuid.uuid4().hex}",
-        "webhook-timestamp": str(int(time.time())),
-    }
+    id_, name, version, payload = row
+    # The notification by concatenation: Postgres already renders the payload as JSON text,
+    # so the loop neither decodes nor re-encodes it (the least CPU a sender can spend).
+    body = f'{{"eventType":"{name}","version":"{version}",{payload[1:]}'.encode()
+    headers = {**HEADERS, "webhook-id": f"msg_{id_}", "webhook-timestamp": str(int(time.time()))}
     async with sem:
         try:
             async with session.post(url, data=body, headers=headers) as resp:

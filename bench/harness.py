@@ -56,14 +56,20 @@ class Databases:
         self.keep = keep
 
     @contextlib.contextmanager
-    def fresh(self, label: str) -> Iterator[str]:
+    def fresh(self, label: str, code_root: Path | None = None) -> Iterator[str]:
+        """A new database migrated by this tree (or by the checkout at ``code_root``)."""
         name = f"relay_bench_{label}_{uuid.uuid4().hex[:8]}"
         with _admin(self.server_url) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         url = with_db(self.server_url, name)
         try:
-            with psycopg.connect(url) as conn:
-                migrate(conn)
+            if code_root is None:
+                with psycopg.connect(url) as conn:
+                    migrate(conn)
+            else:
+                from bench.round6 import migrate_with
+
+                migrate_with(code_root, url)
             yield url
         finally:
             if self.keep:
@@ -168,14 +174,29 @@ def table_sizes(url: str) -> dict[str, int]:
 # --------------------------------------------------------------------------- processes
 
 
+# The receiver's mode for every scenario: lean (uvloop, no JSON parse) unless the runner's
+# --aiohttp-receiver asks for the old aiohttp one (to measure what the yardstick itself costs).
+RECEIVER_LEAN = True
+
+
 class ReceiverProc:
     """The receiver (``python -m relay.testing.receiver_process``, no log) in its own
-    process, driven over its control endpoints."""
+    process, driven over its control endpoints; ``--lean`` unless :data:`RECEIVER_LEAN`
+    is off."""
 
-    def __init__(self, fail_every: int = 0, workdir: Path | None = None, fail_nth: int = 0) -> None:
+    def __init__(
+        self,
+        fail_every: int = 0,
+        workdir: Path | None = None,
+        fail_nth: int = 0,
+        lean: bool | None = None,
+    ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self.err_path = self.workdir / f"receiver-{uuid.uuid4().hex[:6]}.stderr"
         args = [sys.executable, "-m", "relay.testing.receiver_process", "--port", "0"]
+        self.lean = RECEIVER_LEAN if lean is None else lean
+        if self.lean:
+            args.append("--lean")
         if fail_every:  # by event key: the same events fail on every attempt
             args += ["--fail-event-every", str(fail_every)]
         if fail_nth:  # by arrival
@@ -255,8 +276,14 @@ class RelayProc:
         py_spy: Path | None = None,
         label: str = "relay",
         module: str = "relay",
+        args: tuple[str, ...] = (),
+        code_root: Path | None = None,
     ) -> None:
         env = dict(os.environ)
+        # Another checkout's relay (bench --compare): run from its tree, first on sys.path.
+        root = code_root or ROOT
+        if code_root is not None:
+            env["PYTHONPATH"] = str(code_root)
         env.update(
             {
                 "RELAY_DATABASE_URL": db_url,
@@ -269,8 +296,8 @@ class RelayProc:
         self.err_path = workdir / f"{label}-{uuid.uuid4().hex[:6]}.stderr"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *(["run"] if module == "relay" else [])],
-                cwd=ROOT,
+                [sys.executable, "-m", module, *(["run", *args] if module == "relay" else [])],
+                cwd=root,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -314,13 +341,20 @@ class RelayProc:
         while not self._stop_sampling.wait(0.25):
             self._read_mem()
 
+    def pids(self) -> list[int]:
+        """This process and its descendants (``relay run --processes N``: the children)."""
+        return [self.pid, *descendants(self.pid)]
+
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the relay process so far (from /proc/PID/stat)."""
-        return proc_cpu_seconds(self.pid)
+        """User + system CPU time of the relay process and its children so far."""
+        times = [proc_cpu_seconds(p) for p in self.pids()]
+        known = [t for t in times if t is not None]
+        return sum(known) if known else None
 
     def _read_mem(self) -> None:
-        hwm = vm_kb(self.pid, "VmHWM")
-        rss = vm_kb(self.pid, "VmRSS")
+        # Per process: the largest of the supervisor's and each child's (RSS is per process).
+        hwm = max((vm_kb(p, "VmHWM") or 0 for p in self.pids()), default=0)
+        rss = max((vm_kb(p, "VmRSS") or 0 for p in self.pids()), default=0)
         if hwm:
             self.hwm_kb = max(self.hwm_kb, hwm)
         if rss:
@@ -437,6 +471,23 @@ def scrape_metrics(
             name, _, value = line.rpartition(" ")
             with contextlib.suppress(ValueError):
                 out[name] = float(value)
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc/PID/task/*/children), children first."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    kids = [
+                        int(x) for x in Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                    ]
+                    out.extend(kids)
+                    todo.extend(kids)
     return out
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import harness, round6
 from bench.harness import (
     DEFAULT_SERVER_URL,
     ROOT,
@@ -25,9 +26,30 @@ from bench.harness import (
     loadavg,
     log,
 )
-from bench.scenarios import RUN_ORDER, SCENARIOS, Context, Settings
+from bench.scenarios import RUN_ORDER as BASE_ORDER
+from bench.scenarios import SCENARIOS as BASE_SCENARIOS
+from bench.scenarios import Context, Settings
 
-TABLE_ORDER = ["ceiling", "drain", "latency", "fanout", "scale", "retry", "emit", "api"]
+SCENARIOS = {
+    **BASE_SCENARIOS,
+    "latency_high": round6.latency_high,
+    "sync_commit": round6.sync_commit,
+    "scaling": round6.scaling,
+}
+_AFTER_DRAIN = BASE_ORDER.index("drain") + 1
+RUN_ORDER = [
+    *BASE_ORDER[:_AFTER_DRAIN],
+    "scaling",
+    "sync_commit",
+    "latency",
+    "latency_high",
+    *[n for n in BASE_ORDER[_AFTER_DRAIN:] if n != "latency"],
+]
+
+TABLE_ORDER = [
+    "ceiling", "drain", "scaling", "sync_commit", "latency", "latency_high", "fanout", "scale",
+    "retry", "emit", "api",
+]  # fmt: skip
 # Scenarios whose figures are in the JSON results only (no row in the printed table).
 OTHER_SCENARIOS = ["prune_drain", "soak", "history"]
 
@@ -85,6 +107,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="profile the relays of drain-type scenarios with py-spy (raw stacks)",
     )
+    p.add_argument(
+        "--aiohttp-receiver",
+        action="store_true",
+        help="use the old aiohttp receiver instead of the lean one (to measure the yardstick)",
+    )
+    p.add_argument(
+        "--compare",
+        default="",
+        metavar="REF",
+        help="instead of the scenarios: the drain of git REF's relay (a temporary worktree, "
+        "this venv) and of this tree, interleaved A/B/A/B",
+    )
+    p.add_argument("--compare-rounds", type=int, default=3, help="A/B pairs of --compare")
     p.add_argument("--keep-databases", action="store_true", help="do not drop the databases")
     p.add_argument(
         "--wait-idle",
@@ -200,8 +235,8 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{_fmt(pr.get('client_cpu_us'))}+{_fmt(pr.get('receiver_cpu_us'))} us",
             )
         elif name == "drain":
-            for n in (1, 2):
-                d = r.get(f"relays_{n}", {})
+            for n in (1, 2, "auto"):
+                d = r.get(f"relays_{n}" if n != "auto" else "processes_auto", {})
                 add(
                     "2 drain",
                     f"{r['events']:,} backlog, {n} relay(s)",
@@ -235,7 +270,29 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"+{_fmt(pr.get('receiver_cpu_us'))} us",
             )
             add("2 drain", "  bare loop: loop+PG CPU in receiver units", _in_receiver_units(pr))
-        elif name == "latency":
+        elif name == "scaling":
+            for n in (1, 2, 3):
+                d = r.get(f"processes_{n}", {})
+                pr = d.get("per_request") or {}
+                act = d.get("activity") or {}
+                add("2b processes", f"relay run --processes {n}", d.get("rate_per_s"), "deliv/s")
+                add(
+                    "2b processes",
+                    f"  CPU/delivery relay+PG ({n})",
+                    f"{_fmt(pr.get('relay_cpu_us'))}+{_fmt(pr.get('postgres_backends_cpu_us'))} us",
+                )
+                add("2b processes", f"  active PG backends, mean ({n})",
+                    act.get("mean_active_backends"))  # fmt: skip
+                lock = sum(
+                    v for k, v in (act.get("waits_per_poll") or {}).items()
+                    if k.startswith(("Lock", "LWLock"))
+                )  # fmt: skip
+                add("2b processes", f"  backends waiting on a lock, mean ({n})", round(lock, 3))
+        elif name == "sync_commit":
+            add("2c sync commit", "RELAY_SYNCHRONOUS_COMMIT=off", str(r.get("off_rate_per_s")))
+            add("2c sync commit", "RELAY_SYNCHRONOUS_COMMIT=on", str(r.get("on_rate_per_s")))
+            add("2c sync commit", "  ratio off / on", r.get("ratio_off_to_on"))
+        elif name in ("latency", "latency_high"):
             lat = r["commit_to_arrival_ms"]
             add("3 latency", f"commit->arrival p50 @{r['rate_per_s']:g}/s", lat["p50"], "ms")
             add("3 latency", "commit->arrival p95", lat["p95"], "ms")
@@ -376,6 +433,32 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     check(
         "latency p99 <= 5 ms", _get(sc, "latency", "commit_to_arrival_ms", "p99"), "<=", 5.0, "ms"
     )
+    check(
+        "issue 18: 1 process >= 0.75 x the bare loop",
+        _get(sc, "drain", "relays_1", "ratio_to_bare_loop"),
+        ">=",
+        0.75,
+    )
+    check(
+        "issue 18: 1 process >= 0.6 x ceiling",
+        _get(sc, "drain", "relays_1", "ratio_to_ceiling"),
+        ">=",
+        0.6,
+    )
+    check(
+        "issue 18: --processes auto >= 0.7 x ceiling",
+        _get(sc, "drain", "processes_auto", "ratio_to_ceiling"),
+        ">=",
+        0.7,
+    )
+    check(
+        "issue 18: latency p99 <= 20 ms at 2,000/s",
+        _get(sc, "latency_high", "commit_to_arrival_ms", "p99"),
+        "<=",
+        20.0,
+        "ms",
+    )
+    check("issue 18: fan-out 1x10 >= 1x1", _get(sc, "fanout", "ratio_1x10_to_10x1"), ">=", 1.0)
     check("scale end rate >= 0.8 x start rate", _get(sc, "scale", "end_to_start"), ">=", 0.8)
     check("scale relay RSS <= 200 MB", _get(sc, "scale", "peak_rss_mb"), "<=", 200.0, "MB")
     check(
@@ -429,13 +512,13 @@ def finish(results: dict[str, Any], t_all: float, out: Path, *, complete: bool) 
     # Ratios to the ceiling need both scenarios of this run.
     ceil = results["scenarios"].get("ceiling", {}).get("rate_per_s")
     drain = results["scenarios"].get("drain", {})
-    for key in ("relays_1", "relays_2", "bare"):
+    for key in ("relays_1", "relays_2", "processes_auto", "bare"):
         d = drain.get(key)
         if isinstance(d, dict):
             rate = d.get("rate_per_s")
             d["ratio_to_ceiling"] = round(rate / ceil, 3) if rate and ceil else None
     bare_rate = drain.get("bare", {}).get("rate_per_s")
-    for key in ("relays_1", "relays_2"):
+    for key in ("relays_1", "relays_2", "processes_auto"):
         d = drain.get(key)
         if isinstance(d, dict) and d.get("rate_per_s") and bare_rate:
             d["ratio_to_bare_loop"] = round(d["rate_per_s"] / bare_rate, 3)
@@ -479,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         settings.relay_env[key] = value
     settings.py_spy = args.py_spy.resolve() if args.py_spy else None
+    harness.RECEIVER_LEAN = not args.aiohttp_receiver
 
+    if args.compare:
+        return run_compare(args, settings)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
@@ -498,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": settings.quick,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "code_fingerprint": code_fingerprint(),
+        "receiver": "lean" if harness.RECEIVER_LEAN else "aiohttp",
         "hardware": hardware(args.database_url),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
         "scenarios": {},
@@ -559,3 +646,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_databases:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
+
+
+def run_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """``--compare REF``: the drain of REF's relay and of this tree's, A/B/A/B, to the JSON."""
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    ctx = Context(Databases(args.database_url, keep=args.keep_databases), workdir, settings)
+    if args.wait_idle > 0:
+        waited, busy = wait_idle(args.wait_idle)
+        log(f"machine {100 * busy:.0f}% busy after waiting {waited:.0f}s for it to idle")
+    load_before = loadavg()
+    t0 = time.monotonic()
+    res = round6.compare(ctx, args.compare, args.compare_rounds)
+    res["loadavg_before_after"] = [load_before, loadavg()]
+    results = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "argv": sys.argv[1:],
+        "receiver": "lean" if harness.RECEIVER_LEAN else "aiohttp",
+        "hardware": hardware(args.database_url),
+        "compare": res,
+        "total_s": round(time.monotonic() - t0, 1),
+    }
+    Path(args.output).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"drain, {res['events']:,} events, one relay (A/B/A/B):")
+    for r in res["runs"]:
+        pr = r["per_request"]
+        print(
+            f"  {r['side']:>8} round {r['round']}: {_fmt(r.get('rate_per_s'))} deliv/s "
+            f"(paired ceiling {_fmt(r['paired_ceiling_per_s'])}/s; CPU/delivery relay+PG+rx "
+            f"{pr['relay_cpu_us']}+{pr['postgres_backends_cpu_us']}+{pr['receiver_cpu_us']} us)"
+        )
+    print(f"current / {res['ref']} ({res['ref_commit']}): {res['ratio_current_to_ref']}")
+    print(f"results written to {args.output}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0

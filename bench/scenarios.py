@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
+import uvloop
 
 import relay
 from bench import retention
@@ -55,6 +56,9 @@ class Settings:
     drain_n: int = 20_000
     latency_rate: float = 200.0
     latency_seconds: float = 20.0
+    latency_high_rate: float = 2000.0
+    latency_high_seconds: float = 10.0
+    sync_commit_rounds: int = 2
     fanout_deliveries: int = 20_000
     scale_n: int = 1_000_000
     scale_timeout: float = 3600.0
@@ -80,6 +84,8 @@ class Settings:
             ceiling_n=5_000,
             drain_n=5_000,
             latency_seconds=5.0,
+            latency_high_seconds=5.0,
+            sync_commit_rounds=1,
             fanout_deliveries=5_000,
             scale_n=100_000,
             scale_timeout=900.0,
@@ -156,6 +162,10 @@ def _drain(
     on_poll: Any = None,
     after: Any = None,
     module: str = "relay",
+    relay_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    code_root: Path | None = None,
+    poll_interval: float | None = None,
 ) -> dict[str, Any]:
     """Start ``n_relays`` relays on a prepared backlog; wait for ``expected_ok`` 2xx arrivals.
 
@@ -167,11 +177,18 @@ def _drain(
     xacts0 = xact_commits(db_url)
     rx_cpu0 = proc_cpu_seconds(rx.proc.pid) or 0.0
     machine = MachineCpu()
-    extra_env = dict(s.relay_env)
+    extra_env = {**s.relay_env, **(env or {})}
     if module != "relay":
         extra_env["BARE_TARGET_URL"] = rx.url("/hook")
     with relays(
-        db_url, n_relays, ctx.workdir, extra_env=extra_env, py_spy=s.py_spy, module=module
+        db_url,
+        n_relays,
+        ctx.workdir,
+        extra_env=extra_env,
+        py_spy=s.py_spy,
+        module=module,
+        args=relay_args,
+        code_root=code_root,
     ) as procs:
         spawned = min(p.started for p in procs)
         samples: list[tuple[float, int]] = []
@@ -193,7 +210,7 @@ def _drain(
         finished = wait_for(
             done,
             timeout,
-            interval=0.25 if timeout > 120 else 0.1,
+            interval=poll_interval or (0.25 if timeout > 120 else 0.1),
             check=lambda: _check_relays(procs),
         )
         extra = after(procs) if after is not None else {}
@@ -204,8 +221,9 @@ def _drain(
         rx_cpu = (proc_cpu_seconds(rx.proc.pid) or 0.0) - rx_cpu0
         counters: dict[str, float] = {}
         for p in procs:
-            for name, value in scrape_metrics(p.pid).items():
-                counters[name] = counters.get(name, 0.0) + value
+            for pid in p.pids():  # --processes N: the supervisor serves no metrics, children do
+                for name, value in scrape_metrics(pid).items():
+                    counters[name] = counters.get(name, 0.0) + value
     wal_bytes = wal_lsn(db_url) - lsn0
     # Our own probes (stats polls do not touch this database; these few do) are negligible.
     xacts = xact_commits(db_url) - xacts0
@@ -315,11 +333,11 @@ def _bodies(n: int) -> list[bytes]:
 def _measure_ceiling(rx: ReceiverProc, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
     """The bare aiohttp client against ``rx``; the receiver is reset before and after."""
     # A short warm-up so connection set-up is not part of the figure.
-    asyncio.run(_ceiling_client(rx.url("/warmup"), bodies[:500], concurrency, 30))
+    uvloop.run(_ceiling_client(rx.url("/warmup"), bodies[:500], concurrency, 30))
     rx.reset()
     rx_cpu0 = proc_cpu_seconds(rx.proc.pid) or 0.0
     machine = MachineCpu()
-    res = asyncio.run(_ceiling_client(rx.url("/hook"), bodies, concurrency, 120))
+    res = uvloop.run(_ceiling_client(rx.url("/hook"), bodies, concurrency, 120))
     busy = machine.busy()
     rx_cpu = (proc_cpu_seconds(rx.proc.pid) or 0.0) - rx_cpu0
     dump = rx.dump()
@@ -355,9 +373,15 @@ def drain(ctx: Context) -> dict[str, Any]:
     """1 and 2 relays, then the issue's reference: the bare claim-100 + POST loop."""
     s = ctx.settings
     out: dict[str, Any] = {"events": s.drain_n}
-    for n_relays, module in ((1, "relay"), (2, "relay"), (1, "bench.bare")):
+    for n_relays, module, args in (
+        (1, "relay", ()),
+        (2, "relay", ()),
+        (1, "relay", ("--processes", "auto")),
+        (1, "bench.bare", ()),
+    ):
         bare = module != "relay"
-        label = "drain_bare" if bare else f"drain{n_relays}"
+        auto = bool(args)
+        label = "drain_bare" if bare else "drain_auto" if auto else f"drain{n_relays}"
         with ctx.dbs.fresh(label) as db, ReceiverProc(workdir=ctx.workdir) as rx:
             # A paired ceiling on the same receiver just before: on a shared machine the
             # load drifts, and the ratio should compare like with like.
@@ -377,6 +401,7 @@ def drain(ctx: Context) -> dict[str, Any]:
                 timeout=max(120.0, s.drain_n / 50),
                 label=label,
                 module=module,
+                relay_args=args,
             )
             res["db"] = delivery_counts(db)
             res["insert_s"] = round(insert_s, 2)
@@ -385,7 +410,7 @@ def drain(ctx: Context) -> dict[str, Any]:
             res["ratio_to_paired_ceiling"] = (
                 round(rate / paired["rate_per_s"], 3) if rate and paired["rate_per_s"] else None
             )
-        out["bare" if bare else f"relays_{n_relays}"] = _strip(res)
+        out["bare" if bare else "processes_auto" if auto else f"relays_{n_relays}"] = _strip(res)
         log(f"{label}: {res.get('rate_per_s')} deliveries/s")
     return out
 
@@ -393,9 +418,14 @@ def drain(ctx: Context) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 3. latency
 
 
-def latency(ctx: Context) -> dict[str, Any]:
+def latency(
+    ctx: Context, rate: float | None = None, seconds: float | None = None
+) -> dict[str, Any]:
+    """Commit -> receiver latency of single-event transactions emitted at ``rate`` per s."""
     s = ctx.settings
-    n = int(s.latency_rate * s.latency_seconds)
+    rate = rate or s.latency_rate
+    seconds = seconds or s.latency_seconds
+    n = int(rate * seconds)
     with ctx.dbs.fresh("latency") as db, ReceiverProc(workdir=ctx.workdir) as rx:
         add_subscriptions(db, [rx.url("/hook")])
         with (
@@ -421,7 +451,7 @@ def latency(ctx: Context) -> dict[str, Any]:
             commit_at: dict[int, float] = {}
             emit_ms: list[float] = []
             behind = 0.0
-            period = 1.0 / s.latency_rate
+            period = 1.0 / rate
             t0 = time.perf_counter() + 0.05
             for i in range(n):
                 k = i + 1
@@ -476,8 +506,8 @@ def latency(ctx: Context) -> dict[str, Any]:
         return None if x is None else round(x, 3)
 
     return {
-        "rate_per_s": s.latency_rate,
-        "seconds": s.latency_seconds,
+        "rate_per_s": rate,
+        "seconds": seconds,
         "emitted": n,
         "achieved_rate_per_s": round(n / emitted_s, 1),
         "max_behind_schedule_ms": round(behind * 1000, 2),

@@ -24,6 +24,11 @@ Control endpoints (never counted, never logged), all under ``/_bench/``:
 - ``POST /_bench/config?fail_every=N`` -> changes ``--fail-event-every`` at run time
 
 Only loopback is bound unless ``--host`` says otherwise.
+
+``--lean`` (what the benchmark runs): uvloop and a bare HTTP/1.1 keep-alive protocol instead of
+aiohttp; the body is not JSON-decoded (``k`` and ``t`` are found by a byte search), and there
+is no ``--log`` or ``--delay``. It costs a fraction of aiohttp's CPU per request, so the
+receiver is never the ceiling it is meant to measure. Same control endpoints.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -397,6 +403,153 @@ async def serve(args: argparse.Namespace) -> None:
             log.close()
 
 
+# --------------------------------------------------------------------------- lean mode
+
+_OK_HEAD = b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\n\r\n"
+_REASONS = {200: b"OK", 204: b"No Content", 500: b"Internal Server Error"}
+
+
+def _status_line(status: int) -> bytes:
+    return _OK_HEAD % (status, _REASONS.get(status, b"Status"))
+
+
+def _number_after(body: bytes, marker: bytes) -> bytes:
+    """The bytes of the JSON number after ``marker`` (``b'"k":'``), or b"" if absent.
+
+    A byte search, not a JSON parse: the benchmark's bodies are relay's compact JSON and the
+    lean receiver must cost far less per request than the relay it measures.
+    """
+    i = body.find(marker)
+    if i < 0:
+        return b""
+    i += len(marker)
+    j = i
+    n = len(body)
+    while j < n and body[j] in b" ":
+        j += 1
+    i = j
+    while j < n and body[j] in b"0123456789.eE+-":
+        j += 1
+    return body[i:j]
+
+
+class LeanProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive on a bare asyncio protocol: read the head and Content-Length, take
+    the body as bytes, answer with a fixed status line. No parser objects, no request object,
+    no JSON decode; only ``k`` and ``t`` are picked out of the body by a byte search."""
+
+    def __init__(self, state: State, answer: int) -> None:
+        self.state = state
+        self.ok_line = _status_line(answer)
+        self.fail_line = _status_line(state.fail_status)
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end])
+            lower = head.lower()
+            i = lower.find(b"\r\ncontent-length:")
+            size = 0
+            if i >= 0:
+                eol = head.find(b"\r\n", i + 2)  # -1: the last header line
+                size = int(head[i + 17 : eol if eol >= 0 else len(head)])
+            total = end + 4 + size
+            if len(buf) < total:
+                return
+            body = bytes(buf[end + 4 : total])
+            del buf[:total]
+            sp = head.find(b" ")
+            target = head[sp + 1 : head.find(b" ", sp + 1)].decode("latin-1")
+            close = b"\r\nconnection: close" in lower
+            self._answer(target, body, close)
+            if close:
+                return
+
+    def _answer(self, target: str, body: bytes, close: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        path, _, query = target.partition("?")
+        if path.startswith(CONTROL):
+            payload, status = _lean_control(self.state, path[len(CONTROL) :], query)
+            transport.write(
+                b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (status, len(payload))
+                + payload
+            )
+        else:
+            state = self.state
+            arrived = time.time()
+            raw_k = _number_after(body, b'"k":')
+            raw_t = _number_after(body, b'"t":')
+            try:
+                key = int(raw_k) if raw_k else -1
+                stamp = float(raw_t) if raw_t else 0.0
+            except ValueError:
+                key, stamp = -1, 0.0
+            ix = state.paths.get(path)
+            if ix is None:
+                ix = state.paths[path] = len(state.paths)
+                state.path_counts.append(0)
+            state.path_counts[ix] += 1
+            fail = (state.fail_every > 0 and key % state.fail_every == 0) or (
+                state.fail_nth > 0 and (len(state.keys) + 1) % state.fail_nth == 0
+            )
+            state.keys.append(key)
+            state.arrivals.append(arrived)
+            state.stamps.append(stamp)
+            state.ok.append(0 if fail else 1)
+            state.path_ix.append(ix)
+            if not fail:
+                state.n_ok += 1
+            transport.write(self.fail_line if fail else self.ok_line)
+        if close:
+            transport.close()
+
+
+def _lean_control(state: State, what: str, query: str) -> tuple[bytes, int]:
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+    if what == "stats":
+        return json.dumps(state.stats()).encode(), 200
+    if what == "dump":
+        return json.dumps({"count": write_dump(state, params["file"])}).encode(), 200
+    if what == "reset":
+        state.reset()
+        return b'{"ok": true}', 200
+    if what == "config":
+        if "fail_every" in params:
+            state.fail_every = int(params["fail_every"])
+        return json.dumps({"fail_every": state.fail_every}).encode(), 200
+    return json.dumps({"error": f"unknown control {what!r}"}).encode(), 404
+
+
+async def serve_lean(args: argparse.Namespace) -> None:
+    """``--lean``: the benchmark's receiver (see :class:`LeanProtocol`), until SIGTERM."""
+    state = State(args.fail_event_every, args.fail_status, args.fail_every)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(
+        lambda: LeanProtocol(state, args.status), args.host, args.port, backlog=1024
+    )
+    port = srv.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"LISTENING {port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        srv.close()
+
+
 def main(argv: Iterable[str] | None = None) -> None:
     """Entry point of ``python -m relay.testing.receiver_process``."""
     parser = argparse.ArgumentParser(description="A webhook receiver process (loopback).")
@@ -418,8 +571,21 @@ def main(argv: Iterable[str] | None = None) -> None:
     )
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="the benchmark's mode: uvloop, a bare HTTP/1.1 protocol, no JSON parse "
+        "(no --log, no --delay)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    asyncio.run(serve(args))
+    if args.lean:
+        if args.log or args.delay:
+            parser.error("--lean takes neither --log nor --delay")
+        import uvloop
+
+        uvloop.run(serve_lean(args))
+    else:
+        asyncio.run(serve(args))
 
 
 if __name__ == "__main__":
