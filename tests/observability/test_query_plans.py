@@ -229,12 +229,34 @@ def _query_plan(
     return _explain(conn, text_sql, [params[p] for p in order], mode)
 
 
+def _statement_end(body: str, start: int) -> int:
+    """Where the SQL statement starting at ``start`` ends: its ``;`` outside parentheses,
+    quotes and ``--`` comments (a comment may hold a ``;``)."""
+    depth, i = 0, start
+    while i < len(body):
+        ch = body[i]
+        if body.startswith("--", i):
+            i = body.find("\n", i)
+            if i < 0:
+                return len(body)
+        elif ch == "'":
+            i = body.find("'", i + 1)
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == ";" and depth == 0:
+            return i
+        i += 1
+    return len(body)
+
+
 def _function_plan(
-    conn: Conn, function: str, args: list[Any], mode: str = "generic"
+    conn: Conn, function: str, args: list[Any], mode: str = "generic", statement: int = 0
 ) -> tuple[dict[str, Any], str]:
     """The plan of the statement inside relay function ``function`` (plain SQL, or the
-    ``RETURN QUERY`` of a PL/pgSQL one) under the function's own SET clauses. "generic" is
-    what a function caches: the plan a relay keeps using after a few calls."""
+    ``statement``-th ``RETURN QUERY`` of a PL/pgSQL one) under the function's own SET clauses.
+    "generic" is what a function caches: the plan a relay keeps using after a few calls."""
     row = conn.execute(
         "SELECT p.prosrc, coalesce(p.proconfig, '{}'), p.proargnames,"
         "       oidvectortypes(p.proargtypes)"
@@ -245,7 +267,8 @@ def _function_plan(
     assert row is not None, function
     body, settings, argnames, types = row
     if "RETURN QUERY" in body:
-        body = body.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+        start = body.split("RETURN QUERY")[statement + 1]
+        body = start[: _statement_end(start, 0)]
     for i, arg in enumerate(argnames[: len(args)]):
         body = re.sub(rf"\b{arg}\b", f"${i + 1}", body)
     return _explain(conn, body, args, mode, settings, f"({types})")

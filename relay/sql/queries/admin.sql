@@ -18,29 +18,29 @@ RETURNING name;
 -- name: admin_subscription_insert
 INSERT INTO relay.subscriptions
     (url, method, headers, events, event_names, body_map, secret, tenant_id,
-     max_retries, backoff_ms, timeout_ms, enabled)
+     max_retries, backoff_ms, timeout_ms, ordered, enabled)
 VALUES
     (%(url)s, %(method)s, %(headers)s, %(events)s, %(event_names)s, %(body_map)s, %(secret)s,
-     %(tenant_id)s, %(max_retries)s, %(backoff_ms)s, %(timeout_ms)s, %(enabled)s)
+     %(tenant_id)s, %(max_retries)s, %(backoff_ms)s, %(timeout_ms)s, %(ordered)s, %(enabled)s)
 RETURNING id;
 
 -- name: admin_subscription_get
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE id = %(id)s;
 
 -- name: admin_subscription_lock
 -- Row lock so two concurrent updates merge headers/event names one after the other.
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE id = %(id)s
 FOR UPDATE;
 
 -- name: admin_subscription_list
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE %(all)s OR removed_at IS NULL
 ORDER BY id;
@@ -70,6 +70,7 @@ UPDATE relay.subscriptions SET
     max_retries = %(max_retries)s,
     backoff_ms = %(backoff_ms)s,
     timeout_ms = %(timeout_ms)s,
+    ordered = %(ordered)s,
     enabled = %(enabled)s,
     updated_at = now()
 WHERE id = %(id)s;
@@ -77,12 +78,13 @@ WHERE id = %(id)s;
 -- name: admin_subscription_set_enabled
 -- Disabling parks the subscription's waiting deliveries (due at 'infinity') so claims do not
 -- walk past them; enabling makes them due now. In-flight ones (leased) are left alone; the
--- claim's own enabled filter covers them.
+-- claim's own enabled filter covers them. An ordered subscription's deliveries held back by an
+-- earlier one of their aggregate stay parked (the ack of that one makes them due).
 WITH sub AS (
     UPDATE relay.subscriptions
     SET enabled = %(enabled)s, updated_at = now()
     WHERE id = %(id)s AND removed_at IS NULL
-    RETURNING id, enabled
+    RETURNING id, enabled, ordered
 )
 UPDATE relay.deliveries d
 SET next_attempt_at = CASE WHEN sub.enabled THEN now() ELSE 'infinity' END,
@@ -91,7 +93,48 @@ FROM sub
 WHERE d.subscription_id = sub.id
   AND d.status = 'pending'
   AND d.lease_token IS NULL
-  AND (d.next_attempt_at = 'infinity') = sub.enabled;
+  AND (d.next_attempt_at = 'infinity') = sub.enabled
+  AND NOT (sub.enabled AND sub.ordered AND d.aggregate_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM relay.deliveries e
+        WHERE e.subscription_id = d.subscription_id
+          AND e.aggregate_id = d.aggregate_id
+          AND e.outbox_id < d.outbox_id
+          AND e.status = 'pending'));
+
+-- name: admin_ordered_park
+-- Ordered subscriptions %(ids)s (NULL: every one): park (due at 'infinity') each waiting delivery that an earlier
+-- pending one of its aggregate holds back (after a switch to ordered, or a replay of an
+-- earlier one), so claims do not walk past it. The claim's guard keeps the order either way;
+-- the ack of the earlier one (or the relays' periodic unpark) makes it due again.
+UPDATE relay.deliveries d
+SET next_attempt_at = 'infinity', updated_at = now()
+FROM relay.subscriptions s
+WHERE s.id = d.subscription_id
+  AND s.ordered
+  AND (%(ids)s::bigint[] IS NULL OR d.subscription_id = ANY (%(ids)s::bigint[]))
+  AND d.status = 'pending'
+  AND d.aggregate_id IS NOT NULL
+  AND d.lease_token IS NULL
+  AND d.next_attempt_at <> 'infinity'
+  AND EXISTS (
+        SELECT 1 FROM relay.deliveries e
+        WHERE e.subscription_id = d.subscription_id
+          AND e.aggregate_id = d.aggregate_id
+          AND e.outbox_id < d.outbox_id
+          AND e.status = 'pending');
+
+-- name: admin_ordered_unpark
+-- A subscription switched to unordered: its parked deliveries are due now (if it is enabled;
+-- a disabled one's wait for `enable`).
+UPDATE relay.deliveries d
+SET next_attempt_at = now(), updated_at = now()
+FROM relay.subscriptions s
+WHERE s.id = d.subscription_id
+  AND s.id = %(id)s
+  AND s.enabled AND NOT s.ordered
+  AND d.status = 'pending'
+  AND d.lease_token IS NULL
+  AND d.next_attempt_at = 'infinity';
 
 -- name: admin_subscription_remove
 -- Soft delete: the row stays so its delivery history keeps its foreign key.
