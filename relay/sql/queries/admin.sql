@@ -154,8 +154,10 @@ WHERE subscription_id = %(id)s AND status = 'pending';
 SELECT pg_notify('relay_subscriptions', %(id)s::text);
 
 -- name: admin_delivery_list
+-- next_attempt_at 'infinity' (parked: its subscription is disabled, or an earlier delivery of
+-- its aggregate to an ordered subscription is pending) shows as null: no due time yet.
 SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
-       next_attempt_at, lease_owner, last_status_code, last_error,
+       nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner, last_status_code, last_error,
        created_at, updated_at, delivered_at, dead_at
 FROM relay.deliveries
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -166,7 +168,7 @@ LIMIT %(limit)s;
 
 -- name: admin_delivery_get
 SELECT d.id, d.outbox_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts,
-       d.failures, d.next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
+       d.failures, nullif(d.next_attempt_at, 'infinity') AS next_attempt_at, d.lease_owner, d.last_status_code, d.last_error,
        d.created_at, d.updated_at, d.delivered_at, d.dead_at,
        o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at
 FROM relay.deliveries d
