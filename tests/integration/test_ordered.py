@@ -262,3 +262,33 @@ async def test_unordered_does_not_wait_for_a_retrying_event(
         assert seqs(receiver.requests, "A") == [1, 2]
         await receiver.wait_for(3, timeout=10)
     assert seqs(receiver.requests, "A") == [1, 2, 1]
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_ordered_flags_and_listings(
+    conn: Conn, database_url: str, capsys: Any, monkeypatch: Any
+) -> None:
+    from tests.integration.test_cli import Relay
+
+    monkeypatch.delenv("RELAY_DATABASE_URL", raising=False)
+    relay = Relay(database_url, capsys)
+    out, _ = relay("subscription", "add", "http://127.0.0.1:9/hook", "--ordered")
+    sub = out.strip()
+    plain, _ = relay("subscription", "add", "http://127.0.0.1:9/other")
+    assert relay.json("subscription", "show", sub)["ordered"] is True
+    listed = {str(r["id"]): r["ordered"] for r in relay.json("subscription", "list")}
+    assert listed == {sub: True, plain.strip(): False}
+    out, _ = relay("subscription", "list")
+    assert "ORDERED" in out.splitlines()[0]
+    relay("subscription", "update", sub, "--unordered")
+    assert relay.json("subscription", "show", sub)["ordered"] is False
+    relay("subscription", "update", sub, "--ordered")
+    assert relay.json("subscription", "show", sub)["ordered"] is True
+    # both at once: refused (argparse: exit 2), nothing changed
+    _, err = relay("subscription", "update", sub, "--ordered", "--unordered", expect=2)
+    assert "--unordered" in err
+    assert relay.json("subscription", "show", sub)["ordered"] is True
+    # `add` has no --unordered: it is the default
+    relay("subscription", "add", "http://127.0.0.1:9/x", "--unordered", expect=2)
