@@ -1010,4 +1010,13 @@ SCENARIOS = {
     "emit": emit_cost,
 }
 # Run order: the heavy scale scenario last, so a broken harness fails fast.
-RUN_ORDER = ["ceiling", "drain", "latency", "fanout", "retry", "emit", "scale"]
+
+
+def _ordered(ctx: Context) -> dict[str, Any]:
+    from bench.ordered import ordered  # (it imports this module's helpers)
+
+    return ordered(ctx)
+
+
+SCENARIOS["ordered"] = _ordered
+RUN_ORDER = ["ceiling", "drain", "latency", "fanout", "retry", "ordered", "emit", "scale"]

@@ -49,7 +49,8 @@ def first_successes(records: list[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 def all_delivered(conn: Conn, n: int) -> bool:
-    return scalar(conn, "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'") == n
+    done = scalar(conn, "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'")
+    return bool(done == n)
 
 
 def test_kill_9_with_the_head_in_flight_successor_waits_for_the_lease(

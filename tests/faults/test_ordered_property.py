@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from typing import Any
 
 import psycopg
 from aiohttp import web

@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from relay import admin
-from tests.receiver import Receiver, Received, respond
+from tests.receiver import Received, Receiver, respond
 from tests.relayctx import add_subscription, running_relay, wait_until
 
 Conn = psycopg.Connection[Any]
@@ -92,8 +92,9 @@ def test_dispatch_parks_later_events_of_an_aggregate_and_the_ack_promotes_the_ne
     assert claim(conn) == []  # nothing else may go
     by_outbox = {r["outbox_id"]: r["id"] for r in rows(conn)}
     ack(conn, by_outbox[a1], "retry")  # a retrying head holds its successors back
-    conn.execute("UPDATE relay.deliveries SET next_attempt_at = now() WHERE id = %s",
-                 (by_outbox[a1],))
+    conn.execute(
+        "UPDATE relay.deliveries SET next_attempt_at = now() WHERE id = %s", (by_outbox[a1],)
+    )
     assert claim(conn) == [by_outbox[a1]]
     ack(conn, by_outbox[a1], "dead")  # a dead head lets the next proceed
     assert claim(conn) == [by_outbox[a2]]
