@@ -6,9 +6,10 @@
 -- statements every relay runs, not in one relay's memory:
 --
 -- * The guard. The claim (relay.claim_due) never takes a delivery of an ordered subscription
---   while an earlier delivery of its aggregate is pending, or an earlier outbox row of that
---   aggregate is not dispatched yet. Every other mechanism below is about speed and liveness;
---   this one alone keeps the order.
+--   while an earlier delivery of its aggregate is pending. Every other mechanism below is about
+--   speed and liveness, except one: an earlier outbox row of the aggregate that is not
+--   dispatched yet (another relay's dispatch holds it this instant) is seen by the dispatch
+--   and the promotion, which park (or leave parked) the later delivery behind it.
 -- * Parking. A delivery that must wait is stored "parked": pending, unleased, due at
 --   'infinity' (as a disabled subscription's are), so the claim's walk of deliveries_due never
 --   meets it and its cost does not grow with an aggregate's backlog.
@@ -83,13 +84,18 @@ $$;
 
 
 -- The claim's row selection (0001), with the ordering guard. Unordered rows pay one boolean
--- test; an ordered row with an aggregate two index probes.
+-- test; an ordered row with an aggregate one index probe.
 CREATE OR REPLACE FUNCTION relay.claim_due(p_limit integer, p_saturated bigint[])
 RETURNS SETOF bigint
 LANGUAGE sql VOLATILE ROWS 100
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET enable_sort = off
+-- The guard's probes step over the index entries of an aggregate's finished deliveries (dead
+-- until vacuum). A plain index scan marks them dead as it meets them (later probes skip them
+-- in the page); an index-only scan does not, and visits the heap for each, every time: seen
+-- taking the claim from 1 ms to 24 ms over a 5,000-event drain of one aggregate.
+SET enable_indexonlyscan = off
 AS $$
     SELECT d.id
     FROM relay.deliveries d
@@ -98,16 +104,12 @@ AS $$
       AND d.next_attempt_at <= now()
       AND s.enabled
       AND (cardinality(p_saturated) = 0 OR d.subscription_id <> ALL (p_saturated))
-      AND (NOT s.ordered OR d.aggregate_id IS NULL OR NOT (
-            EXISTS (SELECT 1 FROM relay.deliveries e
-                    WHERE e.subscription_id = d.subscription_id
-                      AND e.aggregate_id = d.aggregate_id
-                      AND e.outbox_id < d.outbox_id
-                      AND e.status = 'pending')
-            OR EXISTS (SELECT 1 FROM relay.outbox u
-                       WHERE u.aggregate_id = d.aggregate_id
-                         AND u.id < d.outbox_id
-                         AND u.dispatched_at IS NULL)))
+      AND (NOT s.ordered OR d.aggregate_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM relay.deliveries e
+            WHERE e.subscription_id = d.subscription_id
+              AND e.aggregate_id = d.aggregate_id
+              AND e.outbox_id < d.outbox_id
+              AND e.status = 'pending'))
     ORDER BY d.next_attempt_at
     LIMIT p_limit
     FOR UPDATE OF d SKIP LOCKED
@@ -124,6 +126,7 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
+SET enable_indexonlyscan = off  -- see relay.claim_due
 SET jit = off
 AS $$
 DECLARE
@@ -310,6 +313,7 @@ RETURNS TABLE (
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
+SET enable_indexonlyscan = off  -- see relay.claim_due
 SET jit = off
 AS $$
 #variable_conflict use_column
