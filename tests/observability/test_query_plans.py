@@ -407,8 +407,8 @@ def test_ordered_claim_guard_is_index_probes(conn: Conn) -> None:
     """With an ordered subscription, the claim still walks deliveries_due in order; its
     guard (an earlier pending delivery of the aggregate?) is one probe of
     deliveries_aggregate_pending per candidate row (a plain index scan, which marks finished
-    rows' entries dead as it meets them), never a scan: so claim cost does not grow with an aggregate's backlog.
-    Likewise the promotion that runs in the ack."""
+    rows' entries dead as it meets them), never a scan: so claim cost does not grow with an
+    aggregate's backlog. Likewise the promotion that runs in the ack."""
     sub = conn.execute(
         "INSERT INTO relay.subscriptions (url, ordered) VALUES ('http://127.0.0.1:9/h', true)"
         " RETURNING id"
