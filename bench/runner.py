@@ -27,7 +27,9 @@ from bench.harness import (
 )
 from bench.scenarios import RUN_ORDER, SCENARIOS, Context, Settings
 
-TABLE_ORDER = ["ceiling", "drain", "latency", "fanout", "scale", "retry", "emit", "api"]
+TABLE_ORDER = [
+    "ceiling", "drain", "latency", "fanout", "scale", "retry", "ordered", "emit", "api",
+]  # fmt: skip
 # Scenarios whose figures are in the JSON results only (no row in the printed table).
 OTHER_SCENARIOS = ["prune_drain", "soak", "history"]
 
@@ -293,6 +295,28 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _get(r, "storm_keyed", "requests_failed"),
                 ),
             )
+        elif name == "ordered":
+            aggs = f"{r['events']:,} events / {r['aggregates']:,} aggregates"
+            add("6b ordered", f"{aggs}, unordered", _get(r, "unordered", "rate_per_s"), "deliv/s")
+            add("6b ordered", "  same, ordered", _get(r, "ordered", "rate_per_s"), "deliv/s")
+            add(
+                "6b ordered",
+                "  ratio ordered/unordered (target >= 0.8)",
+                r.get("ratio_ordered_to_unordered"),
+            )
+            add(
+                "6b ordered",
+                "  order violations when ordered",
+                _get(r, "ordered", "order_violations"),
+            )
+            add(
+                "6b ordered",
+                f"{r['events']:,} events of one aggregate",
+                _get(r, "single_aggregate", "rate_per_s"),
+                "deliv/s",
+            )
+            for point, ms in (_get(r, "single_aggregate", "claim_statement_ms") or {}).items():
+                add("6b ordered", f"  claim statement, {point.replace('_', ' ')}", ms, "ms")
         elif name == "api":
             lat = r.get("latency", {})
             for kind in ("operator_list", "tenant_list", "operator_show", "tenant_show"):
