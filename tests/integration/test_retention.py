@@ -128,7 +128,7 @@ def test_replay_that_locks_first_wins(conn: Conn, database_url: str) -> None:
     sub = subscription(conn)
     dead = delivery(conn, event(conn, 3 * DAY), sub, "dead", 2 * DAY)
     with psycopg.connect(database_url) as replayer:  # one open transaction
-        replayer.execute(q("admin_delivery_owners"), {"ids": [dead]})  # FOR UPDATE
+        replayer.execute(q("admin_delivery_owners"), {"ids": [dead], "tenant": None})  # FOR UPDATE
         assert retention.prune(conn, 86400)["deliveries"] == 0
         replayer.execute(q("admin_replay_ids"), {"ids": [dead]})
         replayer.commit()
