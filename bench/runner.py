@@ -48,7 +48,7 @@ RUN_ORDER = [
 
 TABLE_ORDER = [
     "ceiling", "drain", "scaling", "sync_commit", "latency", "latency_high", "fanout", "scale",
-    "retry", "emit", "api",
+    "retry", "ordered", "emit", "api",
 ]  # fmt: skip
 # Scenarios whose figures are in the JSON results only (no row in the printed table).
 OTHER_SCENARIOS = ["prune_drain", "soak", "history"]
@@ -350,6 +350,28 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _get(r, "storm_keyed", "requests_failed"),
                 ),
             )
+        elif name == "ordered":
+            aggs = f"{r['events']:,} events / {r['aggregates']:,} aggregates"
+            add("6b ordered", f"{aggs}, unordered", _get(r, "unordered", "rate_per_s"), "deliv/s")
+            add("6b ordered", "  same, ordered", _get(r, "ordered", "rate_per_s"), "deliv/s")
+            add(
+                "6b ordered",
+                "  ratio ordered/unordered (target >= 0.8)",
+                r.get("ratio_ordered_to_unordered"),
+            )
+            add(
+                "6b ordered",
+                "  order violations when ordered",
+                _get(r, "ordered", "order_violations"),
+            )
+            add(
+                "6b ordered",
+                f"{r['events']:,} events of one aggregate",
+                _get(r, "single_aggregate", "rate_per_s"),
+                "deliv/s",
+            )
+            for point, ms in (_get(r, "single_aggregate", "claim_statement_ms") or {}).items():
+                add("6b ordered", f"  claim statement, {point.replace('_', ' ')}", ms, "ms")
         elif name == "api":
             lat = r.get("latency", {})
             for kind in ("operator_list", "tenant_list", "operator_show", "tenant_show"):

@@ -1063,8 +1063,17 @@ SCENARIOS = {
     "prune_drain": retention.prune_drain,
     "soak": retention.soak,
 }
+
+
+def _ordered(ctx: Context) -> dict[str, Any]:
+    from bench.ordered import ordered  # (it imports this module's helpers)
+
+    return ordered(ctx)
+
+
+SCENARIOS["ordered"] = _ordered
 # Run order: the heavy scale scenario last, so a broken harness fails fast.
 RUN_ORDER = [
-    "ceiling", "drain", "latency", "fanout", "retry", "emit", "api", "prune_drain", "soak",
-    "history", "scale",
+    "ceiling", "drain", "latency", "fanout", "retry", "ordered", "emit", "api", "prune_drain",
+    "soak", "history", "scale",
 ]  # fmt: skip

@@ -119,6 +119,9 @@ def replay(conn: Conn, delivery_ids: Iterable[int], *, tenant: str | None = None
                 "subscription's (its tenant changed): " + ", ".join(map(str, foreign)),
             )
         count = execute(conn, "admin_replay_ids", {"ids": ids})
+        # ordered subscriptions: later deliveries of a replayed one's aggregate wait for it
+        subscriptions = sorted({int(row["subscription_id"]) for row in owners})
+        execute(conn, "admin_ordered_park", {"ids": subscriptions})
         execute(conn, "admin_notify_deliveries")
     return count
 
@@ -147,5 +150,7 @@ def replay_dead(
             {"subscription_id": subscription_id, "since": since, "tenant": tenant},
         )
         if count:
+            ids = None if subscription_id is None else [subscription_id]
+            execute(conn, "admin_ordered_park", {"ids": ids})
             execute(conn, "admin_notify_deliveries")
     return count

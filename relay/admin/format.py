@@ -73,6 +73,7 @@ SUBSCRIPTION_COLUMNS: list[Column] = [
     ("ID", lambda r: r["id"]),
     ("ENABLED", lambda r: "removed" if r["removed_at"] else r["enabled"]),
     ("METHOD", lambda r: r["method"]),
+    ("ORDERED", lambda r: "yes" if r["ordered"] else "no"),
     ("URL", lambda r: r["url"]),
     ("EVENTS", lambda r: ",".join(r["events"]) or "*"),
     ("TENANT", lambda r: r["tenant_id"]),
@@ -95,6 +96,7 @@ SUBSCRIPTION_FIELDS = [
     "max_retries",
     "backoff_ms",
     "timeout_ms",
+    "ordered",
     "created_at",
     "updated_at",
 ]

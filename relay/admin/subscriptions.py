@@ -64,17 +64,24 @@ class SubscriptionChanges:
     backoff_ms: int | str | None = None
     timeout_ms: int | str | None = None
     enabled: bool | None = None
+    #: deliveries of one aggregate one at a time, in outbox id order (None = unchanged)
+    ordered: bool | None = None
     # update with a new secret: the replaced one keeps signing this long (None = default)
     secret_overlap_s: int | None = None
 
     def is_empty(self) -> bool:
         """Whether nothing at all was requested."""
         # `is`, not `==`: max_retries=0 is a real change although 0 == False.
-        # `enabled=False` (--disabled) is a change, unlike the other flags' False.
-        return self.enabled is None and all(
-            value is None or value is False or (isinstance(value, list | tuple) and not value)
-            for key, value in vars(self).items()
-            if key != "enabled"
+        # `enabled=False` (--disabled) and `ordered=False` (--unordered) are changes, unlike
+        # the other flags' False.
+        return (
+            self.enabled is None
+            and self.ordered is None
+            and all(
+                value is None or value is False or (isinstance(value, list | tuple) and not value)
+                for key, value in vars(self).items()
+                if key not in ("enabled", "ordered")
+            )
         )
 
 
@@ -99,6 +106,7 @@ _DEFAULTS: dict[str, Any] = {
     "max_retries": 3,
     "backoff_ms": 5000,
     "timeout_ms": 10000,
+    "ordered": False,
     "enabled": True,
 }
 
@@ -197,6 +205,8 @@ def _merged(conn: Conn, c: SubscriptionChanges, current: Mapping[str, Any]) -> d
         row["timeout_ms"] = v.validate_timeout_ms(c.timeout_ms)
     if c.enabled is not None:
         row["enabled"] = bool(c.enabled)
+    if c.ordered is not None:
+        row["ordered"] = bool(c.ordered)
 
     # Only newly given types are checked against the catalog: a stored glob whose event type
     # was later removed must not block an unrelated update.
@@ -325,10 +335,23 @@ def update_subscription(
         execute(conn, "admin_subscription_update", params)
         if row["enabled"] != current["enabled"]:
             execute(conn, "admin_subscription_park", {"id": subscription_id})
+        if row["ordered"] != current["ordered"]:
+            _reorder_pending(conn, subscription_id, bool(row["ordered"]))
         _notify(conn, subscription_id)
     changed = sorted(k for k in _DEFAULTS if row[k] != current[k])
     generated = row["secret"] if changes.secret == GENERATE else None
     return SubscriptionResult(subscription_id, generated, changed)
+
+
+def _reorder_pending(conn: Conn, subscription_id: int, ordered: bool) -> None:
+    """A switch to ordered parks the waiting deliveries held back by an earlier one of their
+    aggregate (in flight ones finish as they started); a switch to unordered makes the parked
+    ones due."""
+    if ordered:
+        execute(conn, "admin_ordered_park", {"ids": [subscription_id]})
+    else:
+        execute(conn, "admin_ordered_unpark", {"id": subscription_id})
+    execute(conn, "admin_notify_deliveries")
 
 
 def set_enabled(

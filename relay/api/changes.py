@@ -8,7 +8,6 @@ is decided here that the CLI would decide differently.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,10 +16,6 @@ from relay.admin import validation as v
 from relay.api.models import SubscriptionCreate, SubscriptionPatch
 from relay.api.problems import ApiProblem, api_field
 from relay.errors import ValidationError
-
-# Until the admin layer knows ordered subscriptions (issue 13), the API accepts `ordered`
-# but can only honour `false`.
-ADMIN_KNOWS_ORDERED = "ordered" in {f.name for f in dataclasses.fields(admin.SubscriptionChanges)}
 
 
 def _event_names(names: Mapping[str, str]) -> None:
@@ -64,19 +59,6 @@ def check_fields(values: Mapping[str, Any]) -> None:
         raise ApiProblem(422, detail, errors=errors)
 
 
-def _ordered(changes: admin.SubscriptionChanges, ordered: bool | None) -> None:
-    if ordered is None:
-        return
-    if ADMIN_KNOWS_ORDERED:
-        setattr(changes, "ordered", ordered)  # noqa: B010 - a field only newer admin layers have
-    elif ordered:
-        raise ApiProblem(
-            422,
-            "ordered: not supported by this relay version",
-            errors=[{"field": "ordered", "message": "not supported by this relay version"}],
-        )
-
-
 def for_create(body: SubscriptionCreate) -> admin.SubscriptionChanges:
     """The admin request of a ``POST /v1/subscriptions``."""
     check_fields(body.model_dump(exclude_unset=True))
@@ -93,8 +75,8 @@ def for_create(body: SubscriptionCreate) -> admin.SubscriptionChanges:
         backoff_ms=body.backoff_ms,
         timeout_ms=body.timeout_ms,
         enabled=body.enabled,
+        ordered=body.ordered,
     )
-    _ordered(changes, body.ordered)
     return changes
 
 
@@ -135,6 +117,7 @@ def for_patch(
         max_retries=body.max_retries,
         backoff_ms=body.backoff_ms,
         timeout_ms=body.timeout_ms,
+        ordered=body.ordered,  # None (absent) keeps it; null is refused above
     )
     if "headers" in given:
         if body.headers is None:
@@ -168,5 +151,4 @@ def for_patch(
             changes.clear_tenant = True
         else:
             changes.tenant_id = body.tenant_id
-    _ordered(changes, body.ordered)
     return changes, body.enabled

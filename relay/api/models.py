@@ -114,7 +114,9 @@ class Subscription(BaseModel):
     max_retries: int
     backoff_ms: int
     timeout_ms: int
-    ordered: bool = False
+    ordered: bool = Field(
+        description="Events of one aggregate_id are delivered one at a time, in outbox id order."
+    )
     enabled: bool
     removed_at: datetime | None
     created_at: datetime

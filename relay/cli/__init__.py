@@ -135,6 +135,7 @@ def _changes(args: argparse.Namespace, update: bool) -> admin.SubscriptionChange
         backoff_ms=args.backoff_ms,
         timeout_ms=args.timeout_ms,
         enabled=False if args.disabled else None,
+        ordered=args.ordered,
     )
     if update:
         changes.clear_headers = args.clear_header or []

@@ -94,6 +94,22 @@ def _subscription_options(p: argparse.ArgumentParser, update: bool) -> None:
     p.add_argument("--backoff-ms", metavar="MS", help="retry n waits n x MS (default 5000)")
     p.add_argument("--timeout-ms", metavar="MS", help="HTTP timeout (default 10000)")
     p.add_argument("--disabled", action="store_true", help="create/leave it disabled")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument(
+        "--ordered",
+        action="store_const",
+        const=True,
+        dest="ordered",
+        help="deliver the events of one aggregate_id one at a time, in outbox id order",
+    )
+    if update:
+        order.add_argument(
+            "--unordered",
+            action="store_const",
+            const=False,
+            dest="ordered",
+            help="deliver without ordering (the default)",
+        )
     if update:
         p.add_argument(
             "--clear-header", action="append", metavar="NAME", help="remove a header (repeatable)"

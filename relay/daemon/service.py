@@ -53,6 +53,8 @@ SCHEMA_WAIT_INTERVAL = 2.0
 VACUUM_CHECK_SECONDS = 30.0
 VACUUM_MIN_DEAD = 50_000
 VACUUM_MIN_INTERVAL = 60.0
+# Ordered subscriptions: how often to look for a parked head nobody promoted (a safety net).
+UNPARK_CHECK_SECONDS = 10.0
 # Python's cycle collector: young-generation threshold and the two older ones (see _tune_gc).
 GC_THRESHOLD = (10_000, 10, 10)
 
@@ -93,6 +95,7 @@ class Relay:
         self.health = Health(self, self.metrics.registry, config.metrics_host_port)
         self.notifier = SystemdNotifier()
         self.last_vacuum_check = time.monotonic()
+        self.last_unpark_check = time.monotonic()
         self.schema_ok = False
         self.last_loop_tick = time.monotonic()
 
@@ -183,6 +186,11 @@ class Relay:
             vacuumed = await self.store.vacuum_if_needed(VACUUM_MIN_DEAD, VACUUM_MIN_INTERVAL)
             if vacuumed:
                 log.info("vacuumed %s (dead rows piled up)", ", ".join(vacuumed))
+        if now - self.last_unpark_check >= UNPARK_CHECK_SECONDS:
+            self.last_unpark_check = now
+            unparked = await self.store.unpark_ordered_heads()
+            if unparked:
+                log.info("ordered subscriptions: made %d held-back deliveries due", unparked)
         await wait_for_event(self.stopping, self.config.gauge_interval)
         return None
 

@@ -427,6 +427,14 @@ class PgStore:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_VACUUM_LOCK,))
         return done
 
+    async def unpark_ordered_heads(self) -> int:
+        """Make due every parked head of an ordered subscription's aggregate that nothing
+        holds back (a safety net: acks promote the next delivery themselves); return how many."""
+        async with self._conn() as conn:
+            cur = await conn.execute(q("unpark_ordered_heads"))
+            row = await cur.fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
     async def deregister(self) -> None:
         async with self._conn() as conn:
             await conn.execute(q("deregister"), {"relay_id": self.relay_id})

@@ -74,6 +74,8 @@ from relay.masking import mask_url
 DEFAULT_METRICS_ADDR: str = Config().metrics_addr
 ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"  # the receiver is on loopback, refused by default
 BACKOFF_MS = 1000  # the orders subscription's backoff (read at run time: tests patch it)
+# What the orders receiver must apply, in this order (its subscription is ordered).
+ORDER_LIFECYCLE = ("ORDER.CREATED", "ORDER.DISPATCHED", "ORDER.OUT_FOR_DELIVERY", "ORDER.RECEIVED")
 PACE_SECONDS = 0.2  # between app transactions, so the output reads as a story
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
@@ -321,6 +323,16 @@ async def demo(opts: Options) -> int:
         rows = await asyncio.to_thread(run_deliveries, conn, subs.ids, run.outbox_ids)
         retried = sum(1 for r in rows if r["attempts"] > 1)
         say(f"  all {len(rows)} delivered ({retried} after a retry)")
+        orders = receiver.first_successes("/orders")
+        in_order = orders == list(ORDER_LIFECYCLE)
+        say(
+            f"  ordered subscription: /orders applied {', '.join(map(str, orders))}: "
+            + (
+                "in the order they happened (the retried ORDER.CREATED first)"
+                if in_order
+                else "OUT OF ORDER"
+            )
+        )
 
         step(7, "summary")
         await asyncio.to_thread(summary, conn, rows)

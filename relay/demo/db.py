@@ -207,6 +207,7 @@ def add_subscriptions(conn: Conn, base_url: str, backoff_ms: int) -> DemoSubscri
             body_map=body_map,
             secret=admin.GENERATE,
             backoff_ms=backoff_ms,
+            ordered=True,
         ),
     )
     assert orders.generated_secret is not None
@@ -214,13 +215,17 @@ def add_subscriptions(conn: Conn, base_url: str, backoff_ms: int) -> DemoSubscri
     say(f"        body map {body_map}")
     say(f"        signed with a generated secret; header '{name}: Bearer ***'")
     say(
+        "        ordered: an order's events arrive one at a time, in the order they happened "
+        "(a retrying one holds back the later ones of the same order)"
+    )
+    say(
         f"        backoff {backoff_ms} ms: retry n waits {backoff_ms / 1000:g} s x n "
         "(default 5 s x n; shortened so the demo's retry is quick)"
     )
     say(
         f"        = relay subscription add {orders_url} --method POST --event 'order.*' "
         f"--body-map '{body_map}' --secret generate --header '{name}: Bearer ...' "
-        f"--backoff-ms {backoff_ms}"
+        f"--backoff-ms {backoff_ms} --ordered"
     )
 
     tests_url = f"{base_url}/tests"

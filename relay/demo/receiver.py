@@ -66,6 +66,17 @@ class DemoReceiver:
             return self._tests(request)
         return respond(404)
 
+    def first_successes(self, path: str) -> list[str | None]:
+        """Event names of the first successful request of each webhook-id to ``path``, in
+        arrival order: what a receiver keeping state would have applied."""
+        seen: set[str] = set()
+        names: list[str | None] = []
+        for r in self.requests:
+            if r.path == path and r.status < 300 and r.webhook_id not in seen:
+                seen.add(r.webhook_id)
+                names.append(r.event_name)
+        return names
+
     def _retry_note(self, webhook_id: str) -> str:
         if webhook_id in self._seen_ids:
             return "  (a retry: same webhook-id as before)"

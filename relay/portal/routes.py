@@ -59,6 +59,7 @@ class SubForm:
     max_retries: str = "3"
     backoff_ms: str = "5000"
     timeout_ms: str = "10000"
+    ordered: bool = False
     sample_event: str = ""
 
 
@@ -73,6 +74,7 @@ def sub_form(
     max_retries: Annotated[str, Form()] = "3",
     backoff_ms: Annotated[str, Form()] = "5000",
     timeout_ms: Annotated[str, Form()] = "10000",
+    ordered: Annotated[str, Form()] = "",
     sample_event: Annotated[str, Form()] = "",
 ) -> SubForm:
     return SubForm(
@@ -86,6 +88,7 @@ def sub_form(
         max_retries=max_retries,
         backoff_ms=backoff_ms,
         timeout_ms=timeout_ms,
+        ordered=bool(ordered),
         sample_event=sample_event,
     )
 
@@ -114,6 +117,7 @@ def _changes(form: SubForm, current: dict[str, Any] | None) -> admin.Subscriptio
         max_retries=form.max_retries,
         backoff_ms=form.backoff_ms,
         timeout_ms=form.timeout_ms,
+        ordered=form.ordered,  # an unticked box on an edit: unordered
     )
     if current is None:
         changes.secret = admin.GENERATE if form.signed else None
@@ -134,6 +138,7 @@ def _form_of(row: dict[str, Any]) -> SubForm:
         max_retries=str(row["max_retries"]),
         backoff_ms=str(row["backoff_ms"]),
         timeout_ms=str(row["timeout_ms"]),
+        ordered=bool(row["ordered"]),
     )
 
 

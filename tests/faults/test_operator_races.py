@@ -28,6 +28,16 @@ def _dispatch_uncommitted(database_url: str) -> psycopg.Connection[Any]:
     return tx
 
 
+def _emit_three(conn: Conn, ordered: bool) -> None:
+    """Three events; for an ordered subscription, of one aggregate (so the dispatch takes its
+    ordered path, 0006: the first is the head, the other two are parked behind it)."""
+    for i in range(3):
+        if ordered:
+            conn.execute("SELECT relay.emit('order.created', %s::jsonb, 'A')", (f'{{"n": {i}}}',))
+        else:
+            emit(conn, "order.created", {"n": i})
+
+
 def _operate(c: psycopg.Connection[Any], action: str, sub: int) -> None:
     if action == "remove":
         admin.remove_subscription(c, sub)
@@ -49,15 +59,15 @@ def _settled(conn: Conn, action: str) -> None:
         assert unparked == 0
 
 
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
 @pytest.mark.parametrize("action", ["remove", "disable"])
 def test_operator_action_racing_a_dispatch_strands_nothing(
-    conn: Conn, database_url: str, action: str
+    conn: Conn, database_url: str, action: str, ordered: bool
 ) -> None:
     """A dispatch fans out to a subscription while the operator removes (or disables) it,
     the dispatch first. The operator's statement waits for it and settles what it made."""
-    sub = add_subscription(conn, "http://127.0.0.1:9/hook")
-    for i in range(3):
-        emit(conn, "order.created", {"n": i})
+    sub = add_subscription(conn, "http://127.0.0.1:9/hook", ordered=ordered)
+    _emit_three(conn, ordered)
     tx = _dispatch_uncommitted(database_url)
 
     def operate() -> None:
@@ -73,17 +83,17 @@ def test_operator_action_racing_a_dispatch_strands_nothing(
     _settled(conn, action)
 
 
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
 @pytest.mark.parametrize("action", ["remove", "disable"])
 def test_dispatch_racing_an_operator_action_sends_nothing(
-    conn: Conn, database_url: str, action: str
+    conn: Conn, database_url: str, action: str, ordered: bool
 ) -> None:
     """The operator's transaction holds the subscription when a dispatch starts. Before: the
     dispatch waited only for its foreign-key check, then fanned out from its old snapshot:
     new deliveries pending forever on a removed subscription, the leased one sent after
     the removal. Now the dispatch's lock re-reads the subscription and creates nothing."""
-    sub = add_subscription(conn, "http://127.0.0.1:9/hook")
-    for i in range(3):
-        emit(conn, "order.created", {"n": i})
+    sub = add_subscription(conn, "http://127.0.0.1:9/hook", ordered=ordered)
+    _emit_three(conn, ordered)
     op = psycopg.connect(database_url)
     op.execute("SELECT 1")  # a transaction is open: the admin call below is a savepoint in it
     _operate(op, action, sub)  # not committed yet

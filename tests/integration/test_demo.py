@@ -83,6 +83,14 @@ def test_demo_delivers_all_nine_with_one_retry(
     assert 'relay_delivery_attempts_total{result="5xx"} 1.0' in out
     assert "throughput: 9 deliveries in" in out
     assert "relay stopped cleanly" in out
+    # the orders subscription is ordered: the retried order.created is applied first
+    assert (
+        "ordered subscription: /orders applied ORDER.CREATED, ORDER.DISPATCHED, "
+        "ORDER.OUT_FOR_DELIVERY, ORDER.RECEIVED: in the order they happened" in out
+    ), out
+    assert "OUT OF ORDER" not in out
+    ordered = conn.execute("SELECT ordered FROM relay.subscriptions ORDER BY id").fetchall()
+    assert ordered == [(True,), (False,)]
 
     # Both subscriptions were created through relay.admin and left disabled afterwards.
     subs = conn.execute(
@@ -124,11 +132,17 @@ def test_demo_fails_clearly_when_deliveries_do_not_finish(
     monkeypatch.setattr(demo, "BACKOFF_MS", 60_000)
     assert demo.main(demo_args(database_url, "--timeout", "0.5")) == 1
     err = capsys.readouterr().err
-    assert "only 8 of 9 deliveries were delivered within 0.5 s" in err
+    # the orders subscription is ordered: the order's three later events wait for the first
+    assert "only 5 of 9 deliveries were delivered within 0.5 s" in err
     (run,) = runs(conn)
     assert run["ok"] is None
     pending = [r for r in run_deliveries(conn, run) if r["status"] != "delivered"]
-    assert [(r["status"], r["attempts"]) for r in pending] == [("pending", 1)]
+    assert sorted((r["status"], r["attempts"]) for r in pending) == [
+        ("pending", 0),
+        ("pending", 0),
+        ("pending", 0),
+        ("pending", 1),
+    ]
 
 
 def test_demo_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:

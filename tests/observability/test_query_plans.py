@@ -230,6 +230,28 @@ def _query_plan(
     return _explain(conn, text_sql, [params[p] for p in order], mode)
 
 
+def _statement_end(body: str, start: int) -> int:
+    """Where the SQL statement starting at ``start`` ends: its ``;`` outside parentheses,
+    quotes and ``--`` comments (a comment may hold a ``;``)."""
+    depth, i = 0, start
+    while i < len(body):
+        ch = body[i]
+        if body.startswith("--", i):
+            i = body.find("\n", i)
+            if i < 0:
+                return len(body)
+        elif ch == "'":
+            i = body.find("'", i + 1)
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == ";" and depth == 0:
+            return i
+        i += 1
+    return len(body)
+
+
 def _function_plan(
     conn: Conn,
     function: str,
@@ -253,8 +275,9 @@ def _function_plan(
     assert row is not None, function
     body, settings, argnames, types = row
     if "RETURN QUERY" in body:
-        # the query ends at the ';' before END or ELSE (comments may hold other ';')
-        body = re.split(r";\s*(?:END|ELSE)\b", body.split("RETURN QUERY")[branch])[0]
+        # the ``branch``-th query: up to its ';' (comments and strings may hold others)
+        start = body.split("RETURN QUERY")[branch]
+        body = start[: _statement_end(start, 0)]
     settings = [*settings, *extra_settings]
     for i, arg in enumerate(argnames[: len(args)]):
         body = re.sub(rf"\b{arg}\b", f"${i + 1}", body)
@@ -399,3 +422,46 @@ def test_keyed_updates_stay_key_lookups_when_analyzed_while_empty(
         assert node["Node Type"] == "Index Scan", text
         assert node["Index Name"] == "deliveries_pkey", text
         assert "Index Cond" in node, text
+
+
+def test_ordered_claim_guard_is_index_probes(conn: Conn) -> None:
+    """With an ordered subscription, the claim still walks deliveries_due in order; its
+    guard (an earlier pending delivery of the aggregate?) is one probe of
+    deliveries_aggregate_pending per candidate row (a plain index scan, which marks finished
+    rows' entries dead as it meets them), never a scan: so claim cost does not grow with an
+    aggregate's backlog. Likewise the promotion that runs in the ack."""
+    sub = conn.execute(
+        "INSERT INTO relay.subscriptions (url, ordered) VALUES ('http://127.0.0.1:9/h', true)"
+        " RETURNING id"
+    ).fetchone()
+    assert sub is not None
+    conn.execute(
+        "INSERT INTO relay.outbox (event_type, payload, aggregate_id, dispatched_at)"
+        " SELECT 'order.created', '{}', 'a' || (g % 50), now() FROM generate_series(1, 20000) g"
+    )
+    conn.execute(
+        "INSERT INTO relay.deliveries (outbox_id, subscription_id, event_type, aggregate_id,"
+        "                              next_attempt_at)"
+        " SELECT id, %s, event_type, aggregate_id,"
+        "        CASE WHEN id <= 50 THEN now() ELSE 'infinity' END"
+        " FROM relay.outbox",
+        (sub[0],),
+    )
+    conn.execute("VACUUM ANALYZE relay.outbox")
+    conn.execute("VACUUM ANALYZE relay.deliveries")
+    _, text = _function_plan(conn, "claim_due", [100, []])
+    print(f"\n--- claim_due, ordered\n{text}")
+    assert "Index Scan using deliveries_due" in text, text
+    assert "deliveries_aggregate_pending" in text, text
+    assert "Seq Scan" not in text and "Sort" not in text and "Bitmap" not in text, text
+    assert "Index Only Scan" not in text, text  # see relay.claim_due: no kill bits
+    # the promotion's lookup of an aggregate's head (relay.promote_ordered_heads)
+    plan = conn.execute(
+        "EXPLAIN (FORMAT TEXT) SELECT e.id FROM relay.deliveries e"
+        " WHERE e.subscription_id = %s AND e.aggregate_id = 'a1' AND e.status = 'pending'"
+        " ORDER BY e.outbox_id LIMIT 1",
+        (sub[0],),
+    ).fetchall()
+    text = "\n".join(r[0] for r in plan)
+    print(f"\n--- the head of an aggregate\n{text}")
+    assert "deliveries_aggregate_pending" in text and "Sort" not in text, text

@@ -256,6 +256,53 @@ def test_create_edit_rotate_disable_remove(
     assert client.get(f"/portal/subscriptions/{sub_id}").status_code == 404
 
 
+def test_ordered_checkbox_and_a_parked_delivery(
+    portal: PortalServer, conn: psycopg.Connection[Any]
+) -> None:
+    """The form's "Ordered" box sets `ordered`; unticked on an edit, it clears it. A delivery
+    parked behind an earlier one of its aggregate (no due time) shows why it waits."""
+    client, csrf = _client(portal, "acme")
+    created = client.post(
+        "/portal/subscriptions",
+        data={"csrf": csrf, "url": "http://127.0.0.1:9/hook", "ordered": "1"},
+    )
+    assert created.status_code in (200, 303), created.text
+    row = conn.execute("SELECT id, ordered FROM relay.subscriptions").fetchone()
+    assert row is not None and row[1] is True
+    sub_id = row[0]
+    page = client.get(f"/portal/subscriptions/{sub_id}").text
+    assert "ordered: one event of an aggregate at a time" in page
+    assert re.search(r'id="ordered"[^>]* checked', client.get(
+        f"/portal/subscriptions/{sub_id}/edit").text)  # fmt: skip
+
+    for seq in (1, 2):
+        conn.execute(
+            "SELECT relay.emit('order.created', %s::jsonb, 'A', 'acme')",
+            (json.dumps({"orderId": "o1", "seq": seq}),),
+        )
+    conn.execute("SELECT * FROM relay.dispatch_outbox(10, 0, 'test', gen_random_uuid(), 60)")
+    parked = conn.execute(
+        "SELECT id FROM relay.deliveries WHERE next_attempt_at = 'infinity'"
+    ).fetchone()
+    assert parked is not None
+    shown = client.get(f"/portal/deliveries/{parked[0]}")
+    assert shown.status_code == 200, shown.text
+    assert "after the earlier event of its aggregate" in shown.text
+
+    saved = client.post(
+        f"/portal/subscriptions/{sub_id}",
+        data={"csrf": csrf, "url": "http://127.0.0.1:9/hook"},
+    )
+    assert saved.status_code == 303
+    assert conn.execute(
+        "SELECT ordered FROM relay.subscriptions WHERE id = %s", (sub_id,)
+    ).fetchone() == (False,)
+    # unordered now: the parked delivery is due
+    assert conn.execute(
+        "SELECT count(*) FROM relay.deliveries WHERE next_attempt_at = 'infinity'"
+    ).fetchone() == (0,)
+
+
 def test_preview_shows_the_mapped_body(portal: PortalServer) -> None:
     client, csrf = _client(portal, "acme")
     body_map = json.dumps({"kind": "$.eventType", "customer.id": "$.userId"})

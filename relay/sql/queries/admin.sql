@@ -18,15 +18,15 @@ RETURNING name;
 -- name: admin_subscription_insert
 INSERT INTO relay.subscriptions
     (url, method, headers, events, event_names, body_map, secret, tenant_id,
-     max_retries, backoff_ms, timeout_ms, enabled)
+     max_retries, backoff_ms, timeout_ms, ordered, enabled)
 VALUES
     (%(url)s, %(method)s, %(headers)s, %(events)s, %(event_names)s, %(body_map)s, %(secret)s,
-     %(tenant_id)s, %(max_retries)s, %(backoff_ms)s, %(timeout_ms)s, %(enabled)s)
+     %(tenant_id)s, %(max_retries)s, %(backoff_ms)s, %(timeout_ms)s, %(ordered)s, %(enabled)s)
 RETURNING id;
 
 -- name: admin_subscription_get
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE id = %(id)s
   -- Tenant scope (API keys): another tenant's subscription is simply not there, by the same
@@ -36,7 +36,7 @@ WHERE id = %(id)s
 -- name: admin_subscription_lock
 -- Row lock so two concurrent updates merge headers/event names one after the other.
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE id = %(id)s
   AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
@@ -44,7 +44,7 @@ FOR UPDATE;
 
 -- name: admin_subscription_list
 SELECT id, url, method, headers, events, event_names, body_map, secret, tenant_id,
-       max_retries, backoff_ms, timeout_ms, enabled, removed_at, created_at, updated_at
+       max_retries, backoff_ms, timeout_ms, ordered, enabled, removed_at, created_at, updated_at
 FROM relay.subscriptions
 WHERE (%(all)s OR removed_at IS NULL)
   AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
@@ -76,6 +76,7 @@ UPDATE relay.subscriptions SET
     max_retries = %(max_retries)s,
     backoff_ms = %(backoff_ms)s,
     timeout_ms = %(timeout_ms)s,
+    ordered = %(ordered)s,
     enabled = %(enabled)s,
     updated_at = now()
 WHERE id = %(id)s;
@@ -91,7 +92,10 @@ WHERE id = %(id)s AND removed_at IS NULL;
 -- name: admin_subscription_park
 -- Disabling parks the subscription's waiting deliveries (due at 'infinity') so claims do not
 -- walk past them; enabling makes them due now. In-flight ones (leased) are left alone: their
--- ack or release parks them (relay.ack_deliveries(), sql/migrations/0005_*.sql).
+-- ack or release parks them (relay.ack_deliveries(), sql/migrations/0005_*.sql). Enabling an
+-- ordered subscription makes due only the head of each aggregate: a delivery held back by an
+-- earlier pending one of its aggregate (or by an earlier outbox row not dispatched yet) stays
+-- parked, and the end of that earlier one promotes it (relay.ack_deliveries(), 0006).
 UPDATE relay.deliveries d
 SET next_attempt_at = CASE WHEN s.enabled THEN now() ELSE 'infinity' END,
     updated_at = now()
@@ -100,7 +104,15 @@ WHERE s.id = %(id)s
   AND d.subscription_id = s.id
   AND d.status = 'pending'
   AND d.lease_token IS NULL
-  AND (d.next_attempt_at = 'infinity') = s.enabled;
+  AND (d.next_attempt_at = 'infinity') = s.enabled
+  AND NOT (s.enabled AND s.ordered AND d.aggregate_id IS NOT NULL AND (
+        EXISTS (
+            SELECT 1 FROM relay.deliveries e
+            WHERE e.subscription_id = d.subscription_id
+              AND e.aggregate_id = d.aggregate_id
+              AND e.outbox_id < d.outbox_id
+              AND e.status = 'pending')
+        OR relay.ordered_undispatched_before(d.subscription_id, d.aggregate_id, d.outbox_id)));
 
 -- name: admin_subscription_foreign_pending
 -- Pending deliveries of this subscription whose event belongs to another tenant than
@@ -110,6 +122,42 @@ FROM relay.deliveries
 WHERE subscription_id = %(id)s
   AND status = 'pending'
   AND tenant_id IS DISTINCT FROM %(tenant_id)s::text;
+
+-- name: admin_ordered_park
+-- Ordered subscriptions %(ids)s (NULL: every one): park (due at 'infinity') each waiting
+-- delivery that an earlier pending one of its aggregate holds back (after a switch to
+-- ordered, or a replay of an earlier one), so claims do not walk past it. The claim's guard
+-- keeps the order either way; the ack of the earlier one (or the relays' periodic unpark)
+-- makes it due again.
+UPDATE relay.deliveries d
+SET next_attempt_at = 'infinity', updated_at = now()
+FROM relay.subscriptions s
+WHERE s.id = d.subscription_id
+  AND s.ordered
+  AND (%(ids)s::bigint[] IS NULL OR d.subscription_id = ANY (%(ids)s::bigint[]))
+  AND d.status = 'pending'
+  AND d.aggregate_id IS NOT NULL
+  AND d.lease_token IS NULL
+  AND d.next_attempt_at <> 'infinity'
+  AND EXISTS (
+        SELECT 1 FROM relay.deliveries e
+        WHERE e.subscription_id = d.subscription_id
+          AND e.aggregate_id = d.aggregate_id
+          AND e.outbox_id < d.outbox_id
+          AND e.status = 'pending');
+
+-- name: admin_ordered_unpark
+-- A subscription switched to unordered: its parked deliveries are due now (if it is enabled;
+-- a disabled one's wait for `enable`).
+UPDATE relay.deliveries d
+SET next_attempt_at = now(), updated_at = now()
+FROM relay.subscriptions s
+WHERE s.id = d.subscription_id
+  AND s.id = %(id)s
+  AND s.enabled AND NOT s.ordered
+  AND d.status = 'pending'
+  AND d.lease_token IS NULL
+  AND d.next_attempt_at = 'infinity';
 
 -- name: admin_subscription_remove
 -- Soft delete: the row stays so its delivery history keeps its foreign key.
@@ -129,8 +177,9 @@ WHERE subscription_id = %(id)s AND status = 'pending';
 SELECT pg_notify('relay_subscriptions', %(id)s::text);
 
 -- name: admin_delivery_list
--- next_attempt_at is 'infinity' while a subscription is paused: shown as NULL (not due), since
--- no client datetime type holds infinity.
+-- next_attempt_at 'infinity' (parked: its subscription is disabled, or an earlier delivery of
+-- its aggregate to an ordered subscription is pending) shows as NULL (not due): no client
+-- datetime type holds infinity.
 SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
        nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner, last_status_code,
        last_error, created_at, updated_at, delivered_at, dead_at

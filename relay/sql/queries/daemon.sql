@@ -34,10 +34,27 @@ SELECT * FROM relay.release_deliveries(%(ids)s::bigint[], %(tokens)s::uuid[]);
 -- subscription counts: the next claim settles it (parks it or ends it), once.
 SELECT extract(epoch FROM d.next_attempt_at - now())::float8
 FROM relay.deliveries d
+JOIN relay.subscriptions s ON s.id = d.subscription_id
 WHERE d.status = 'pending'
   AND d.subscription_id <> ALL (%(saturated)s::bigint[])
+  -- the ordering guard of relay.claim_due() (0006): a delivery held back by an earlier one
+  -- of its aggregate is not due for this purpose, or the deliverer would spin on it. (The
+  -- probe reads a column outside its index: a plain index scan, which marks the entries of
+  -- finished rows dead as it meets them; see relay.claim_due.)
+  AND (NOT s.ordered OR d.aggregate_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM relay.deliveries e
+        WHERE e.subscription_id = d.subscription_id
+          AND e.aggregate_id = d.aggregate_id
+          AND e.outbox_id < d.outbox_id
+          AND e.status = 'pending'
+          AND e.next_attempt_at IS NOT NULL))
 ORDER BY d.next_attempt_at
 LIMIT 1;
+
+-- name: unpark_ordered_heads
+-- Safety net of ordered subscriptions (relay.unpark_ordered_heads(), 0006): make due the
+-- parked head of an aggregate that nothing holds back any more. Returns how many.
+SELECT relay.unpark_ordered_heads();
 
 -- name: heartbeat
 INSERT INTO relay.relays (relay_id, hostname, pid, version)
