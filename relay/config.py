@@ -222,7 +222,8 @@ SETTINGS: tuple[Setting, ...] = (
         "drain_timeout",
         _positive_float,
         10.0,
-        "Seconds SIGTERM waits for in-flight requests before releasing them.",
+        "SIGTERM: each in-flight request gets its own timeout (+2 s), at least this long; "
+        "then this long to record outcomes.",
     ),
     Setting(
         "gauge_interval",
