@@ -247,6 +247,13 @@ SETTINGS: tuple[Setting, ...] = (
         "deliveries, never lose one. Set on behind a transaction pooler.",
     ),
     Setting(
+        "prepare",
+        _bool,
+        True,
+        "Let psycopg prepare statements on the server (after 5 runs). Set off behind a "
+        "transaction pooler (PgBouncer pool_mode = transaction).",
+    ),
+    Setting(
         "retention",
         _retention,
         "30d",
@@ -297,6 +304,7 @@ class Config:
     allowed_networks: str = _DEFAULT["allowed_networks"]
     pool_size: int = _DEFAULT["pool_size"]
     synchronous_commit: str = _DEFAULT["synchronous_commit"]
+    prepare: bool = _DEFAULT["prepare"]
     retention: str = _DEFAULT["retention"]
     vacuum: bool = _DEFAULT["vacuum"]
     log_level: str = _DEFAULT["log_level"]
