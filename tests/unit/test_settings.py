@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import pytest
+
 from relay.cli.parser import build_parser
 from relay.config import SETTINGS, Config
 
