@@ -106,7 +106,9 @@ def test_sigterm_lets_a_request_run_out_its_own_timeout_past_the_drain_timeout(
         assert row == ("delivered", None, 1), (row, took)
         # A restart has nothing left to send: exactly one request.
         again = relay_process(database_url, drain_timeout=1)
-        time.sleep(1.5)
+        # SIGTERM before its signal handlers are in would kill it (-15), not stop it.
+        wait_for(lambda: "ready" in again.log(), 30, "the second relay to be ready")
+        time.sleep(1.0)
         again.signal(signal.SIGTERM)
         assert again.wait(30) == 0
         assert len(rx.records()) == 1
