@@ -222,7 +222,8 @@ SETTINGS: tuple[Setting, ...] = (
         "drain_timeout",
         _positive_float,
         10.0,
-        "Seconds SIGTERM waits for in-flight requests before releasing them.",
+        "SIGTERM: each in-flight request gets its own timeout (+2 s), at least this long; "
+        "then this long to record outcomes.",
     ),
     Setting(
         "gauge_interval",
@@ -244,6 +245,13 @@ SETTINGS: tuple[Setting, ...] = (
         "synchronous_commit of relay's own statements (claims, acks, fan-out; never the "
         "app's emit). off: a Postgres crash may re-send the last few hundred ms of "
         "deliveries, never lose one. Set on behind a transaction pooler.",
+    ),
+    Setting(
+        "prepare",
+        _bool,
+        True,
+        "Let psycopg prepare statements on the server (after 5 runs). Set off behind a "
+        "transaction pooler (PgBouncer pool_mode = transaction).",
     ),
     Setting(
         "retention",
@@ -296,6 +304,7 @@ class Config:
     allowed_networks: str = _DEFAULT["allowed_networks"]
     pool_size: int = _DEFAULT["pool_size"]
     synchronous_commit: str = _DEFAULT["synchronous_commit"]
+    prepare: bool = _DEFAULT["prepare"]
     retention: str = _DEFAULT["retention"]
     vacuum: bool = _DEFAULT["vacuum"]
     log_level: str = _DEFAULT["log_level"]

@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 from relay.config import load
 from relay.errors import DatabaseError, db_errors
 from relay.masking import mask_url
+from relay.pgprepare import prepare_kwargs
 
 _ENV_URL = "RELAY_DATABASE_URL"
 _ENV_STATE_DIR = "RELAY_STATE_DIR"
@@ -92,7 +93,8 @@ def resolve_database_url(
 def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection that fails fast on an unreachable host (:class:`DatabaseError`
     naming where, password masked)."""
-    kwargs: dict[str, Any] = {}
+    # RELAY_PREPARE=off (behind a transaction pooler): nothing prepared on the server.
+    kwargs: dict[str, Any] = prepare_kwargs()
     with contextlib.suppress(psycopg.ProgrammingError):
         if "connect_timeout" not in conninfo_to_dict(url):
             kwargs["connect_timeout"] = CONNECT_TIMEOUT

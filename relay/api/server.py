@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from relay.api.app import create_app
 from relay.api.config import ApiConfig, split_addr
 from relay.api.metrics import ApiMetrics
+from relay.pgprepare import prepare_kwargs
 
 log = logging.getLogger("relay.api")
 
@@ -28,7 +29,7 @@ def open_pool(url: str, size: int) -> ConnectionPool[Any]:
         url,
         min_size=1,
         max_size=size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **prepare_kwargs()},
         timeout=10.0,
         name="relay-api",
         open=False,
@@ -54,7 +55,7 @@ def main(config: ApiConfig) -> int:
 
         from relay.sql.migrate import migrate
 
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(url, **prepare_kwargs()) as conn:
             migrate(conn)
     metrics = ApiMetrics()
     metrics_server = None

@@ -35,6 +35,11 @@ log = logging.getLogger("relay.daemon")
 # without a freed slot ends the wait).
 CLAIM_GATHER_SECONDS = 0.005
 
+# A graceful stop lets each request in flight run out its own timeout (the sender ends it
+# then): this margin covers recording the outcome. Only a request still running after it
+# (which the sender's own timeout should make impossible) is cancelled and released.
+DRAIN_MARGIN_SECONDS = 2.0
+
 
 class Sender(Protocol):
     """What :class:`Attempts` needs of the HTTP side (:class:`relay.webhook.sender.HttpSender`)."""
@@ -73,6 +78,9 @@ class Attempts:
             config.effective_prefetch,
         )
         self.in_flight: dict[asyncio.Task[None], Job] = {}
+        # When each request in flight must have ended (its start + its own timeout + margin,
+        # monotonic): how long a graceful stop waits for it.
+        self.deadlines: dict[asyncio.Task[None], float] = {}
         self.releasing: set[asyncio.Task[None]] = set()  # background releases of lapsing jobs
         self.reserved = 0  # slots promised to a statement in progress
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
@@ -189,9 +197,11 @@ class Attempts:
             # Kept: asyncio.create_task() looks the loop up per call (on Python 3.11 with a
             # getpid() system call each time).
             loop = self.loop = asyncio.get_running_loop()
+        now = time.monotonic()
         for job in start:
             task = loop.create_task(self._attempt(job), name=f"delivery-{job.id}")
             self.in_flight[task] = job
+            self.deadlines[task] = now + job.timeout_ms / 1000.0 + DRAIN_MARGIN_SECONDS
             task.add_done_callback(self._attempt_done)
         self.metrics.in_flight.set(self.slots.running)
         self.metrics.ready.set(self.slots.ready)
@@ -211,6 +221,7 @@ class Attempts:
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         job = self.in_flight.pop(task, None)
+        self.deadlines.pop(task, None)
         if job is not None:
             sub = job.subscription_id
             self.slots.finished(sub)
@@ -255,8 +266,16 @@ class Attempts:
             )
 
     async def drain(self) -> None:
-        """Release the ready jobs at once; let in-flight attempts finish within the drain
-        timeout; release the rest."""
+        """Release the ready jobs at once; let each in-flight attempt finish within its own
+        timeout (plus DRAIN_MARGIN_SECONDS), and at least until the drain timeout; cancel and
+        release what is still running after that.
+
+        Cutting a request short at a global drain timeout released work its receiver was
+        about to accept: a subscription whose timeout is longer got a duplicate on every
+        restart. A stop therefore takes at most the longest timeout among the requests in
+        flight + the margin (or the drain timeout, if longer).
+        """
+        stopped_at = time.monotonic()
         ready = self.slots.take_ready()
         self.metrics.ready.set(0)
         if ready:
@@ -264,7 +283,20 @@ class Attempts:
         await asyncio.gather(*self.releasing, return_exceptions=True)
         if not self.in_flight:
             return
-        _, still = await asyncio.wait(list(self.in_flight), timeout=self.config.drain_timeout)
+        floor = stopped_at + self.config.drain_timeout
+        until = max([floor, *(self.deadlines.get(t, floor) for t in self.in_flight)])
+        log.info(
+            "waiting up to %.1fs for %d requests in flight to finish",
+            max(0.0, until - time.monotonic()),
+            len(self.in_flight),
+        )
+        still: set[asyncio.Task[None]] = set()
+        for task in list(self.in_flight):
+            if task.done():
+                continue
+            deadline = max(floor, self.deadlines.get(task, floor))
+            _, pending = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+            still |= pending
         if not still:
             return
         leftovers = [self.in_flight[t] for t in still]

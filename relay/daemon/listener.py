@@ -16,6 +16,7 @@ import psycopg
 
 from relay.daemon.backoff import Backoff
 from relay.daemon.signals import DELIVERIES_CHANNEL, OUTBOX_CHANNEL
+from relay.pgprepare import prepare_kwargs
 
 log = logging.getLogger("relay.listener")
 
@@ -33,8 +34,9 @@ class Listener:
     """Calls ``on_notify(channel)`` for each notification (in the daemon,
     :meth:`relay.daemon.signals.Signals.notified`); ``connected`` says whether it listens."""
 
-    def __init__(self, url: str, on_notify: Callable[[str], None]) -> None:
+    def __init__(self, url: str, on_notify: Callable[[str], None], *, prepare: bool = True) -> None:
         self.url = url
+        self.prepare = prepare
         self.on_notify = on_notify
         self.connected = False
         self.reconnects = 0
@@ -67,7 +69,10 @@ class Listener:
 
     async def _listen(self, stopping: asyncio.Event) -> None:
         conn = await psycopg.AsyncConnection.connect(
-            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            self.url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            **prepare_kwargs(self.prepare),
         )
         async with conn:
             for channel in CHANNELS:

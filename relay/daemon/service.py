@@ -41,6 +41,7 @@ from relay.daemon.store import PgStore
 from relay.daemon.systemd import SystemdNotifier, watchdog_interval
 from relay.errors import ConfigError, DatabaseError
 from relay.metrics import Metrics
+from relay.pgprepare import prepare_kwargs
 from relay.sql import expected_schema_version
 from relay.webhook.netpolicy import parse_allowed_networks
 from relay.webhook.sender import HttpSender
@@ -74,6 +75,7 @@ class Relay:
             pool_size=config.pool_size,
             relay_id=self.relay_id,
             synchronous_commit=config.synchronous_commit,
+            prepare=config.prepare,
         )
         self.metrics.credentials_encrypted.set(0 if self.store.keyring is None else 1)
         self.sender = HttpSender(
@@ -90,7 +92,9 @@ class Relay:
         )
         self.dispatcher = Dispatcher(config, self.store, self.metrics, self.attempts, self.signals)
         self.deliverer = Deliverer(config, self.store, self.metrics, self.attempts, self.signals)
-        self.listener = Listener(url, self.signals.notified) if config.listen else None
+        self.listener = (
+            Listener(url, self.signals.notified, prepare=config.prepare) if config.listen else None
+        )
         self.pruner = Pruner(config, self.store, self.metrics, self.stopping)
         self.health = Health(self, self.metrics.registry, config.metrics_host_port)
         self.notifier = SystemdNotifier()
@@ -345,7 +349,7 @@ def _check_credentials(url: str) -> None:
             "are stored in plain text (see `relay encryption-key generate`)"
         )
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5, **prepare_kwargs())
     except psycopg.Error:
         return
     with conn:

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay import __version__, crypto
 from relay.errors import DatabaseError, database_error
+from relay.pgprepare import prepare_kwargs
 from relay.sql import q
 
 # How long to wait for a pooled connection before calling the database unavailable.
@@ -198,15 +199,16 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
         return Undecodable(f"payload cannot be decoded: {str(exc)[:200]}")
 
 
-def connection_kwargs(url: str, synchronous_commit: str) -> dict[str, Any]:
-    """The pool's connection arguments: autocommit, and relay's ``synchronous_commit``.
+def connection_kwargs(url: str, synchronous_commit: str, prepare: bool = True) -> dict[str, Any]:
+    """The pool's connection arguments: autocommit, relay's ``synchronous_commit``, and no
+    server-side prepared statements unless ``prepare`` (:mod:`relay.pgprepare`).
 
     The setting travels as a startup option (``-c synchronous_commit=off``) rather than a
     ``SET``: behind a transaction pooler a session ``SET`` would stay on a server connection
     that the application's own transactions use next, making *their* commits asynchronous.
     A pooler refuses (or ignores) the option instead. ``on`` sends nothing.
     """
-    kwargs: dict[str, Any] = {"autocommit": True}
+    kwargs: dict[str, Any] = {"autocommit": True, **prepare_kwargs(prepare)}
     if synchronous_commit != "on":
         given = conninfo_to_dict(url).get("options") or ""
         kwargs["options"] = f"{given} -c synchronous_commit={synchronous_commit}".strip()
@@ -257,6 +259,7 @@ class PgStore:
         pool_size: int = 8,
         relay_id: str,
         synchronous_commit: str = "on",
+        prepare: bool = True,
     ) -> None:
         self.url = url
         self.relay_id = relay_id
@@ -266,7 +269,7 @@ class PgStore:
             url,
             min_size=min(2, pool_size),
             max_size=pool_size,
-            kwargs=connection_kwargs(url, synchronous_commit),
+            kwargs=connection_kwargs(url, synchronous_commit, prepare),
             open=False,
             configure=_configure,
             name="relay",

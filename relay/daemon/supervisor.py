@@ -41,7 +41,10 @@ RESTART_PAUSE_MIN = 1.0
 RESTART_PAUSE_MAX = 30.0
 # A child that ran this long before dying starts the pause sequence again from the minimum.
 HEALTHY_RUN_SECONDS = 60.0
-STOP_GRACE_EXTRA = 15.0  # on top of each child's own drain timeout, before SIGKILL
+STOP_GRACE_EXTRA = 15.0  # on top of each child's own stop bound, before SIGKILL
+# The longest request a child may have in flight at a stop (the largest timeout_ms the schema
+# allows: 300 s); a child lets each one run out its own timeout (relay.daemon.attempts.drain).
+LONGEST_REQUEST_SECONDS = 300.0
 
 _SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -184,8 +187,12 @@ class Supervisor:
                 log.info("stopping: asking %d relay processes to drain", len(self.children))
                 self.notifier.stopping()
                 self.stopping = True
+                # A child may wait for its requests' own timeouts, then for the drain
+                # timeout to record their outcomes: only past that is it wedged.
                 self._stop_deadline = time.monotonic() + (
-                    self.config.drain_timeout + STOP_GRACE_EXTRA
+                    max(self.config.drain_timeout, LONGEST_REQUEST_SECONDS)
+                    + self.config.drain_timeout
+                    + STOP_GRACE_EXTRA
                 )
             for child in self.children:
                 child.signal(signal.SIGTERM)

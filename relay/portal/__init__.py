@@ -28,11 +28,13 @@ def create_pool(database_url: str, max_size: int = 8) -> ConnectionPool[Any]:
     """
     from psycopg_pool import ConnectionPool
 
+    from relay.pgprepare import prepare_kwargs
+
     return ConnectionPool(
         database_url,
         min_size=1,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **prepare_kwargs()},
         open=False,
         name="relay-portal",
     )

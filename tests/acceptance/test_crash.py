@@ -88,18 +88,48 @@ def test_sigterm_drains_in_flight_and_exits_zero(
         assert took < 5
 
 
-def test_sigterm_releases_work_that_outlives_the_drain_timeout(
+def test_sigterm_lets_a_request_run_out_its_own_timeout_past_the_drain_timeout(
     conn: Conn, database_url: str, relay_process: Any, tmp_path: Any
 ) -> None:
+    # The receiver answers after 3 s; the subscription allows 6 s; the drain timeout is 1 s.
+    # A stop used to cancel the request at 1 s and release it: sent again after the restart.
+    with start_receiver_process(tmp_path, delay=3.0) as rx:
+        add_subscription(conn, rx.url, timeout_ms=6000)
+        conn.execute("SELECT relay.emit('order.created', '{}')")
+        relay = relay_process(database_url, drain_timeout=1)
+        wait_for(lambda: len(rx.records()) >= 1, 30, "the request to arrive")
+        t0 = time.monotonic()
+        relay.signal(signal.SIGTERM)
+        assert relay.wait(30) == 0
+        took = time.monotonic() - t0
+        row = conn.execute("SELECT status, lease_token, attempts FROM relay.deliveries").fetchone()
+        assert row == ("delivered", None, 1), (row, took)
+        # A restart has nothing left to send: exactly one request.
+        again = relay_process(database_url, drain_timeout=1)
+        # SIGTERM before its signal handlers are in would kill it (-15), not stop it.
+        wait_for(lambda: "ready" in again.log(), 30, "the second relay to be ready")
+        time.sleep(1.0)
+        again.signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+        assert len(rx.records()) == 1
+
+
+def test_sigterm_waits_no_longer_than_the_request_s_own_timeout(
+    conn: Conn, database_url: str, relay_process: Any, tmp_path: Any
+) -> None:
+    # The receiver would answer after 8 s; the subscription allows 1.5 s: the stop waits for
+    # that timeout, records the failed attempt (retry scheduled), and exits.
     with start_receiver_process(tmp_path, delay=8.0) as rx:
-        add_subscription(conn, rx.url)
+        add_subscription(conn, rx.url, timeout_ms=1500)
         conn.execute("SELECT relay.emit('order.created', '{}')")
         relay = relay_process(database_url, drain_timeout=0.5)
         wait_for(lambda: len(rx.records()) >= 1, 30, "the request to arrive")
         relay.signal(signal.SIGTERM)
         assert relay.wait(30) == 0
         row = conn.execute(
-            "SELECT status, lease_token, next_attempt_at <= now(), attempts FROM relay.deliveries"
+            "SELECT d.status, d.lease_token, d.attempts, a.error"
+            " FROM relay.deliveries d JOIN relay.delivery_attempts a ON a.delivery_id = d.id"
         ).fetchone()
-        # Released: pending, unleased, due now for any relay; no attempt recorded.
-        assert row == ("pending", None, True, 0)
+        assert row is not None
+        assert row[:3] == ("pending", None, 1), row
+        assert "timeout" in row[3], row

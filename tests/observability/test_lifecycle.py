@@ -28,16 +28,15 @@ def _one(conn: Conn, sql: str) -> int:
     return int(row[0])
 
 
-def test_sigterm_releases_in_flight_work_after_the_drain_timeout(
+def test_sigterm_lets_in_flight_requests_finish_past_the_drain_timeout(
     conn: Conn, database_url: str, obs_relay: Callable[..., RelayProc], tmp_path: Path
 ) -> None:
-    """Requests that outlive RELAY_DRAIN_TIMEOUT (receiver takes 3 s, drain 1 s): on SIGTERM
-    /readyz turns 503 ("stopping"), the process exits 0 well before the receiver would have
-    answered, and the unfinished deliveries are released — pending, unleased, due now, no
-    attempt recorded (not lost, not double-counted). Another relay then delivers each exactly
-    once more."""
+    """Requests that outlive RELAY_DRAIN_TIMEOUT (receiver takes 3 s, drain 1 s, subscription
+    timeout 10 s): on SIGTERM /readyz turns 503 ("stopping"), each request runs out its own
+    timeout instead of being cut at the drain timeout (issue 14: that sent it again after the
+    restart), its outcome is recorded, and the process exits 0: delivered once each."""
     with start_receiver_process(tmp_path, delay=3.0) as slow:
-        sub = add_subscription(conn, slow.url)
+        add_subscription(conn, slow.url)
         for n in range(IN_FLIGHT):
             emit(conn, "order.created", {"n": n})
         relay = obs_relay(database_url, drain_timeout=DRAIN_TIMEOUT, concurrency=8)
@@ -67,30 +66,10 @@ def test_sigterm_releases_in_flight_work_after_the_drain_timeout(
     assert not_ready is not None, "no /readyz 503 seen while draining"
     assert not_ready["checks"]["stopping"]["ok"] is False, not_ready
     rows = conn.execute(
-        "SELECT status, lease_token, lease_owner, next_attempt_at <= now(), attempts"
-        " FROM relay.deliveries ORDER BY id"
+        "SELECT status, lease_token, lease_owner, attempts FROM relay.deliveries ORDER BY id"
     ).fetchall()
-    assert rows == [("pending", None, None, True, 0)] * IN_FLIGHT, rows
-    assert _one(conn, "SELECT count(*) FROM relay.delivery_attempts") == 0
-    released = [r for r in relay.log_records() if "released" in r.get("msg", "")]
-    assert released and f"released {IN_FLIGHT}" in released[0]["msg"], released
-
-    # Not lost: a fresh relay, pointed at a fast receiver, delivers each once.
-    with start_receiver_process(tmp_path) as fast:
-        conn.execute("UPDATE relay.subscriptions SET url = %s WHERE id = %s", (fast.url, sub))
-        again = obs_relay(database_url)
-        wait_for(
-            lambda: (
-                _one(conn, "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'")
-                == IN_FLIGHT
-            ),
-            30,
-            "the released deliveries to be delivered",
-        )
-        again.proc.send_signal(signal.SIGTERM)
-        assert again.wait(30) == 0
+    assert rows == [("delivered", None, None, 1)] * IN_FLIGHT, rows
     assert _one(conn, "SELECT count(*) FROM relay.delivery_attempts") == IN_FLIGHT
-    assert _one(conn, "SELECT max(attempts) FROM relay.deliveries") == 1
 
 
 def test_database_down_at_start_is_retried_not_fatal(

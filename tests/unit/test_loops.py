@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import relay.daemon.acker
+import relay.daemon.attempts
 import relay.daemon.backoff
 from relay.config import Config
 from relay.daemon.acker import Acker
@@ -108,6 +109,24 @@ async def test_without_prefetch_a_relay_leases_only_what_it_can_start() -> None:
         assert lo.attempts.lease_room() == 0
     assert lo.attempts.lease_room() == 2
     await finish_all(lo)
+
+
+# -- graceful stop -----------------------------------------------------------------------------
+async def test_a_stop_waits_for_each_request_s_own_timeout_then_releases_an_overrun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay.daemon.attempts, "DRAIN_MARGIN_SECONDS", 0.05)
+    lo = loops(concurrency=2, prefetch=0, drain_timeout=0.01)
+    # Job 1 may run 300 ms and answers at 100 ms; job 2 (50 ms) never answers: an overrun
+    # (the real sender's own timeout makes that impossible; the drain still bounds it).
+    await lo.attempts.start([make_job(1, timeout_ms=300), make_job(2, timeout_ms=50)], _now())
+    await settle(lambda: len(lo.sender.sent) == 2)
+    lo.signals.stop()
+    asyncio.get_running_loop().call_later(0.1, lo.sender.finish, 1)
+    await asyncio.wait_for(lo.attempts.drain(), 2.0)
+    assert [j.id for j, _ in lo.outcomes] == [1]  # finished past the drain timeout: recorded
+    assert lo.store.called("release") == [([2],)]  # overran its timeout + margin: released
+    assert not lo.attempts.in_flight
 
 
 # -- saturation --------------------------------------------------------------------------------

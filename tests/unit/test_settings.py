@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import pytest
+
 from relay.cli.parser import build_parser
 from relay.config import SETTINGS, Config
 
@@ -27,3 +29,20 @@ def test_run_help_quotes_each_default_from_the_settings() -> None:
         assert s.env in text
         if s.default is not None:
             assert f"default {s.default}" in text, s.name
+
+
+def test_prepare_off_sets_no_prepare_threshold_on_every_kind_of_connection() -> None:
+    from relay.daemon.store import connection_kwargs
+    from relay.errors import ConfigError
+    from relay.pgprepare import prepare_from_env, prepare_kwargs
+
+    assert connection_kwargs("postgresql:///x", "on", prepare=False) == {
+        "autocommit": True,
+        "prepare_threshold": None,
+    }
+    assert "prepare_threshold" not in connection_kwargs("postgresql:///x", "on")
+    assert prepare_from_env({}) is True
+    assert prepare_from_env({"RELAY_PREPARE": "off"}) is False
+    assert prepare_kwargs(False) == {"prepare_threshold": None}
+    with pytest.raises(ConfigError, match="RELAY_PREPARE"):
+        prepare_from_env({"RELAY_PREPARE": "sometimes"})
