@@ -24,7 +24,7 @@ import psycopg
 from bench.harness import ReceiverProc, add_subscriptions, insert_backlog, log, relays
 from relay import admin
 from relay.admin import retention
-from relay.sql import q
+from relay.sql import EXACT_COUNT_BELOW, q
 
 Conn = psycopg.Connection[Any]
 TABLES = ("outbox", "deliveries", "delivery_attempts")
@@ -104,7 +104,8 @@ def history(ctx: Any) -> dict[str, Any]:
             "list_event_type": lambda: admin.list_deliveries(conn, event_type="test.processed"),
             "show": lambda: admin.get_delivery(conn, some),
             "gauge_refresh": lambda: conn.execute(
-                q("refresh_stats"), {"relay_id": "bench", "interval": 0.0}
+                q("refresh_stats"),
+                {"relay_id": "bench", "interval": 0.0, "exact_below": EXACT_COUNT_BELOW},
             ),
             "history_bytes_gauge": lambda: _sizes(conn),
         }

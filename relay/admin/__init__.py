@@ -48,6 +48,7 @@ from relay.admin.subscriptions import (
     update_subscription,
 )
 from relay.errors import ValidationError
+from relay.sql import EXACT_COUNT_BELOW
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -91,7 +92,7 @@ def status(conn: Conn) -> dict[str, Any]:
     """
     keyring = crypto.load_keyring()
     with db_errors():
-        row = fetch_one(conn, "admin_status")
+        row = fetch_one(conn, "admin_status", {"exact_below": EXACT_COUNT_BELOW})
         relays = fetch_all(conn, "admin_status_relays")
     assert row is not None
     out: dict[str, Any] = {k: (0 if row[k] is None else row[k]) for k in row}

@@ -195,8 +195,9 @@ def render_status(info: Mapping[str, Any]) -> str:
         f"oldest pending age        {info['oldest_pending_age_seconds']:.1f}s "
         f"(outbox {info['oldest_undispatched_age_seconds']:.1f}s, "
         f"deliveries {info['oldest_due_age_seconds']:.1f}s)",
-        f"deliveries dead           {info['deliveries_dead']}",
         # "~": an estimate on a big table (see admin_status in relay/sql/queries/admin.sql)
+        f"deliveries dead           "
+        f"{'~' if info.get('deliveries_dead_estimated') else ''}{info['deliveries_dead']}",
         f"deliveries delivered      "
         f"{'~' if info.get('deliveries_delivered_estimated') else ''}"
         f"{info['deliveries_delivered']}",

@@ -16,6 +16,12 @@ relay prunes at a time (a relay that finds it taken leaves the pass to the other
 batches the pruner rests at least as long as the batch took, so it never uses more than half
 of one connection and Postgres' time goes to delivery first.
 
+After a pass that deleted at least :data:`PRUNE_VACUUM_ROWS` rows, and unless ``--no-vacuum``
+(``RELAY_VACUUM=false``), it VACUUMs the history tables whose dead rows passed that many and a
+fifth of their live rows (:meth:`Store.vacuum_if_needed`, the daemon's fallback, one relay at
+a time). A deleted row's space is reused only once vacuumed; in the soak autovacuum lagged behind
+the pruner on a busy server and ``relay.deliveries`` kept growing.
+
 Every gauge interval it also reads ``relay_history_bytes{table}`` (pg_total_relation_size:
 catalog and file sizes, no rows read), with retention on or off.
 """
@@ -38,6 +44,9 @@ PRUNE_INTERVAL = 30.0
 PRUNE_BATCH = 2000
 # The least rest between two batches; the rest is at least the batch's own duration too.
 PRUNE_PAUSE = 0.01
+# A pass that deleted this many rows (all tables) is followed by a vacuum of the tables that
+# need one: below it, autovacuum keeps up.
+PRUNE_VACUUM_ROWS = 10_000
 
 
 class Pruner:
@@ -69,6 +78,12 @@ class Pruner:
                     ", ".join(f"{n} {table}" for table, n in pruned.items()),
                     extra={"pruned": pruned},
                 )
+            if self.config.vacuum and sum(pruned.values()) >= PRUNE_VACUUM_ROWS:
+                # the pass's dead rows are its own: a shorter interval than the daemon's
+                # fallback would allow (one pass per table per PRUNE_INTERVAL at most)
+                vacuumed = await self.store.vacuum_if_needed(PRUNE_VACUUM_ROWS, PRUNE_INTERVAL)
+                if vacuumed:
+                    log.info("vacuumed %s after pruning", ", ".join(vacuumed))
         await wait_for_event(self.stopping, min(self.config.gauge_interval, PRUNE_INTERVAL))
 
     async def prune_pass(self, older_than: float) -> dict[str, int]:

@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from relay import __version__, crypto
 from relay.errors import DatabaseError, database_error
 from relay.pgprepare import prepare_kwargs
-from relay.sql import q
+from relay.sql import EXACT_COUNT_BELOW, q
 
 # How long to wait for a pooled connection before calling the database unavailable.
 POOL_TIMEOUT = 5.0
@@ -446,7 +446,12 @@ class PgStore:
         """Shared gauges: recompute if stale (one relay per interval wins), then read."""
         async with self._conn() as conn:
             await conn.execute(
-                q("refresh_stats"), {"relay_id": self.relay_id, "interval": interval}
+                q("refresh_stats"),
+                {
+                    "relay_id": self.relay_id,
+                    "interval": interval,
+                    "exact_below": EXACT_COUNT_BELOW,
+                },
             )
             cur = await conn.execute(q("read_stats"))
             row = await cur.fetchone()

@@ -11,6 +11,11 @@ import functools
 import re
 from pathlib import Path
 
+#: History counts (delivered and dead rows kept) are exact below this many rows and the
+#: catalog's estimate above (``relay status``, the dead gauge): counting millions of finished
+#: rows cost a read of each, at every refresh. Queries take it as ``%(exact_below)s``.
+EXACT_COUNT_BELOW = 100_000
+
 _NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 

@@ -195,20 +195,44 @@ LIMIT %(limit)s;
 -- One tenant's deliveries: those of its subscriptions that carry its own events (a
 -- subscription moved between tenants by an operator keeps its old tenant's history out of
 -- sight). Per subscription, a backward walk of deliveries_subscription (subscription_id, id)
--- stops after `limit` rows, so the cost follows the page, not the history.
+-- stops after `limit` rows, so the cost follows the page, not the history. Dead ones are
+-- few among many (a customer's "why did it fail" page): the first branch walks only them
+-- (deliveries_subscription_dead, 0010) instead of every delivery of the subscription. Two
+-- branches gated by `%(status)s = 'dead'` (a one-time filter: the other branch does not run)
+-- rather than one WHERE, because the API's pooled connections prepare the statement and
+-- may cache a generic plan, where `status = $1` cannot pick a partial index but the constant
+-- `status = 'dead'` of a branch can.
 SELECT d.*
 FROM relay.subscriptions s
 CROSS JOIN LATERAL (
-    SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts, failures,
-           nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner,
-           last_status_code, last_error, created_at, updated_at, delivered_at, dead_at
-    FROM relay.deliveries
-    WHERE subscription_id = s.id
-      AND tenant_id = %(tenant)s::text
-      AND (%(status)s::text IS NULL OR status = %(status)s::text)
-      AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
-      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
-    ORDER BY id DESC
+    SELECT u.* FROM (
+        (SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts,
+                failures, nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner,
+                last_status_code, last_error, created_at, updated_at, delivered_at, dead_at
+         FROM relay.deliveries
+         WHERE %(status)s::text = 'dead'
+           AND status = 'dead'
+           AND subscription_id = s.id
+           AND tenant_id = %(tenant)s::text
+           AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
+           AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+         ORDER BY id DESC
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, outbox_id, subscription_id, event_type, tenant_id, status, attempts,
+                failures, nullif(next_attempt_at, 'infinity') AS next_attempt_at, lease_owner,
+                last_status_code, last_error, created_at, updated_at, delivered_at, dead_at
+         FROM relay.deliveries
+         WHERE %(status)s::text IS DISTINCT FROM 'dead'
+           AND subscription_id = s.id
+           AND tenant_id = %(tenant)s::text
+           AND (%(status)s::text IS NULL OR status = %(status)s::text)
+           AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s::text)
+           AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+         ORDER BY id DESC
+         LIMIT %(limit)s)
+    ) u
+    ORDER BY u.id DESC
     LIMIT %(limit)s
 ) d
 WHERE s.tenant_id = %(tenant)s::text
@@ -282,14 +306,17 @@ WHERE d.status = 'dead'
 SELECT pg_notify('relay_deliveries', '');
 
 -- name: admin_status
--- Each subquery reads one partial index (outbox_undispatched, deliveries_due, deliveries_dead)
--- so the cost follows the backlog (and the dead rows kept), not the history. The delivered
--- count is exact while the table is small (under 100,000 rows by the planner's estimate); on a
+-- Each count reads one partial index (outbox_undispatched, deliveries_due) so the cost follows
+-- the backlog, not the history. The dead count is exact while the catalog's estimate of the
+-- dead rows (relay.deliveries_dead_estimate, 0010) is under %(exact_below)s, and that
+-- estimate beyond: a retention keeps millions of dead rows, and counting them cost a read of
+-- each (deliveries_dead_estimated says which). The delivered
+-- count is exact while the table is small (under %(exact_below)s rows by the planner's estimate); on a
 -- big table it is the planner's estimate (reltuples x the share of 'delivered' in the last
 -- ANALYZE), since counting millions of rows took seconds (deliveries_delivered_estimated says
 -- which). The exact count is an InitPlan run only if the CASE asks for it.
 WITH size AS MATERIALIZED (
-    SELECT c.reltuples >= 100000 AS estimated,
+    SELECT c.reltuples >= %(exact_below)s AS estimated,
            round(c.reltuples * coalesce((
                SELECT st.most_common_freqs[
                           array_position(st.most_common_vals::text::text[], 'delivered')]
@@ -298,6 +325,9 @@ WITH size AS MATERIALIZED (
                  AND st.attname = 'status'), 0))::bigint AS delivered
     FROM pg_class c
     WHERE c.oid = 'relay.deliveries'::regclass
+),
+dead AS MATERIALIZED (
+    SELECT e.n >= %(exact_below)s AS estimated, e.n FROM relay.deliveries_dead_estimate e
 )
 SELECT
     (SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL) AS outbox_backlog,
@@ -309,7 +339,11 @@ SELECT
     (SELECT greatest(0, extract(epoch FROM now() - min(next_attempt_at)))::float8
        FROM relay.deliveries
        WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_due_age_seconds,
-    (SELECT count(*) FROM relay.deliveries WHERE status = 'dead') AS deliveries_dead,
+    CASE WHEN (SELECT dead.estimated FROM dead)
+         THEN (SELECT dead.n FROM dead)
+         ELSE (SELECT count(*) FROM relay.deliveries WHERE status = 'dead')
+    END AS deliveries_dead,
+    (SELECT dead.estimated FROM dead) AS deliveries_dead_estimated,
     CASE WHEN (SELECT size.estimated FROM size)
          THEN (SELECT size.delivered FROM size)
          ELSE (SELECT count(*) FROM relay.deliveries WHERE status = 'delivered')

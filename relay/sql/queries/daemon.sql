@@ -63,13 +63,19 @@ ON CONFLICT (relay_id) DO UPDATE SET last_seen = now();
 
 -- name: refresh_stats
 -- Recompute the shared gauges if nobody did within the interval. Every count reads a partial
--- index whose size is the backlog, not the table. "Oldest pending age" is the age of the
+-- index whose size is the backlog, not the table; the dead rows kept are history, so their
+-- count is the catalog's estimate once it reaches %(exact_below)s (relay.deliveries_dead_estimate,
+-- 0010; the count is an InitPlan run only while the estimate is under it). "Oldest pending age" is the age of the
 -- oldest work that is due and not done: undispatched outbox rows by creation time, due
 -- deliveries by when they fell due (a retry waiting for its scheduled time is not late).
 UPDATE relay.stats
 SET outbox_backlog = (SELECT count(*) FROM relay.outbox WHERE dispatched_at IS NULL),
     deliveries_pending = (SELECT count(*) FROM relay.deliveries WHERE status = 'pending'),
-    deliveries_dead = (SELECT count(*) FROM relay.deliveries WHERE status = 'dead'),
+    deliveries_dead = CASE
+        WHEN (SELECT n FROM relay.deliveries_dead_estimate) >= %(exact_below)s
+        THEN (SELECT n FROM relay.deliveries_dead_estimate)
+        ELSE (SELECT count(*) FROM relay.deliveries WHERE status = 'dead')
+    END,
     oldest_pending_age = greatest(0,
         extract(epoch FROM now() - (SELECT created_at FROM relay.outbox
                                     WHERE dispatched_at IS NULL ORDER BY id LIMIT 1)),
