@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_id", _text, None, "This relay's name in leases and logs (default host-pid)."),
 )
 
-_BY_NAME = {s.name: s for s in SETTINGS}
 # Each default is written once, in SETTINGS: Config's fields, the flags' help and the docs'
 # table (checked by tests/observability/test_config.py) all read it from there.
 _DEFAULT: dict[str, Any] = {s.name: s.default for s in SETTINGS}
@@ -360,19 +359,24 @@ def default_relay_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def load(
+def parse_settings(
+    settings: Sequence[Setting],
     flags: Mapping[str, str | None] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Config:
-    """Build a :class:`Config` from raw flag values and the environment.
+) -> dict[str, Any]:
+    """``{name: value}`` of the ``settings`` given, as flags (first) or ``RELAY_*`` variables.
 
     ``flags`` maps setting names to the raw strings given on the command line (None = not
-    given). Raises :class:`ConfigError` naming the setting (flag and variable) on a bad value.
+    given). Raises :class:`ConfigError` naming the setting (flag and variable) on a bad value
+    or an unknown name. Shared by ``relay run`` and ``relay api``.
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
+    unknown = set(flags) - {s.name for s in settings}
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
-    for s in SETTINGS:
+    for s in settings:
         raw = flags.get(s.name)
         source = s.flag
         if raw is None:
@@ -385,7 +389,13 @@ def load(
         except ValueError as exc:
             shown = "***" if s.secret else repr(raw)
             raise ConfigError(f"{source} ({s.name}): {exc} (got {shown})") from None
-    unknown = set(flags) - set(_BY_NAME)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(Config(), **values)
+    return values
+
+
+def load(
+    flags: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a :class:`Config` from raw flag values and the environment (see
+    :func:`parse_settings`)."""
+    return dataclasses.replace(Config(), **parse_settings(SETTINGS, flags, environ))

@@ -9,18 +9,16 @@ database, log and pool settings share their variables with ``relay run``, so one
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Setting
+from relay.config import Setting, parse_settings
 from relay.config import _addr as parse_addr
 from relay.config import _choice as parse_choice
 from relay.config import _positive_float as parse_positive_float
 from relay.config import _positive_int as parse_positive_int
 from relay.config import _text as parse_text
-from relay.errors import ConfigError
 from relay.masking import mask_url
 
 
@@ -106,24 +104,4 @@ def load_api(
     environ: Mapping[str, str] | None = None,
 ) -> ApiConfig:
     """Build an :class:`ApiConfig` from raw flag values and the environment."""
-    flags = flags or {}
-    environ = os.environ if environ is None else environ
-    known = {s.name for s in API_SETTINGS}
-    unknown = set(flags) - known
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    for s in API_SETTINGS:
-        raw = flags.get(s.name)
-        source = s.flag
-        if raw is None:
-            raw = environ.get(s.env)
-            source = s.env
-        if raw is None or (raw == "" and s.default is None):
-            continue
-        try:
-            values[s.name] = s.parse(raw)
-        except ValueError as exc:
-            shown = "***" if s.secret else repr(raw)
-            raise ConfigError(f"{source} ({s.name}): {exc} (got {shown})") from None
-    return dataclasses.replace(ApiConfig(), **values)
+    return dataclasses.replace(ApiConfig(), **parse_settings(API_SETTINGS, flags, environ))
