@@ -39,7 +39,7 @@ API_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "api_metrics_addr",
         _optional_addr,
-        "127.0.0.1:9466",
+        "127.0.0.1:9464",
         "HOST:PORT for the API's Prometheus /metrics ('off' = none). A port of its own, so "
         "the customer-facing address serves no operator data.",
     ),
@@ -73,7 +73,7 @@ class ApiConfig:
     database_url: str | None = None
     state_dir: str | None = None
     api_addr: str = "127.0.0.1:8480"
-    api_metrics_addr: str = "127.0.0.1:9466"
+    api_metrics_addr: str = "127.0.0.1:9464"
     api_pool_size: int = 8
     api_max_body_bytes: int = 1024 * 1024
     api_drain_timeout: float = 10.0
