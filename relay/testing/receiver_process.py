@@ -94,6 +94,23 @@ class State:
         self.path_counts: list[int] = []
         self.n_ok = 0
 
+    def record(self, path: str, key: int, stamp: float, arrived: float) -> bool:
+        """Keep one webhook's arrival; return whether it is to be failed (both modes)."""
+        ix = self.paths.get(path)
+        if ix is None:
+            ix = self.paths[path] = len(self.paths)
+            self.path_counts.append(0)
+        self.path_counts[ix] += 1
+        fail = (self.fail_every > 0 and key % self.fail_every == 0) or (
+            self.fail_nth > 0 and (len(self.keys) + 1) % self.fail_nth == 0
+        )
+        self.keys.append(key)
+        self.arrivals.append(arrived)
+        self.stamps.append(stamp)
+        self.ok.append(0 if fail else 1)
+        self.path_ix.append(ix)
+        return fail
+
     def stats(self) -> dict[str, Any]:
         names = {ix: p for p, ix in self.paths.items()}
         counts = self.path_counts
@@ -326,19 +343,7 @@ async def serve(args: argparse.Namespace) -> None:
             stamp = float(doc.get("t", 0.0))
         except (ValueError, TypeError, AttributeError):
             key, stamp = -1, 0.0
-        ix = state.paths.get(path)
-        if ix is None:
-            ix = state.paths[path] = len(state.paths)
-            state.path_counts.append(0)
-        state.path_counts[ix] += 1
-        fail = (state.fail_every > 0 and key % state.fail_every == 0) or (
-            state.fail_nth > 0 and (len(state.keys) + 1) % state.fail_nth == 0
-        )
-        state.keys.append(key)
-        state.arrivals.append(arrived)
-        state.stamps.append(stamp)
-        state.ok.append(0 if fail else 1)
-        state.path_ix.append(ix)
+        fail = state.record(path, key, stamp, arrived)
         status = state.fail_status if fail else answer
         if log is not None:
             record = {
@@ -496,19 +501,7 @@ class LeanProtocol(asyncio.Protocol):
                 stamp = float(raw_t) if raw_t else 0.0
             except ValueError:
                 key, stamp = -1, 0.0
-            ix = state.paths.get(path)
-            if ix is None:
-                ix = state.paths[path] = len(state.paths)
-                state.path_counts.append(0)
-            state.path_counts[ix] += 1
-            fail = (state.fail_every > 0 and key % state.fail_every == 0) or (
-                state.fail_nth > 0 and (len(state.keys) + 1) % state.fail_nth == 0
-            )
-            state.keys.append(key)
-            state.arrivals.append(arrived)
-            state.stamps.append(stamp)
-            state.ok.append(0 if fail else 1)
-            state.path_ix.append(ix)
+            fail = state.record(path, key, stamp, arrived)
             if not fail:
                 state.n_ok += 1
             transport.write(self.fail_line if fail else self.ok_line)

@@ -7,12 +7,12 @@ import signal
 import socket
 import urllib.request
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from tests.acceptance.conftest import count, wait_for
+from tests.procs import children, running
 from tests.receiver import start_receiver_process
 from tests.relayctx import add_subscription
 
@@ -54,30 +54,6 @@ def _delivered(port: int) -> float:
     )
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0): count it as gone
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_two_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
     conn: Conn, database_url: str, relay_process: Any, tmp_path: Any
 ) -> None:
@@ -89,8 +65,8 @@ def test_two_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
             database_url, processes=2, metrics_addr=f"127.0.0.1:{port}", lease_seconds=2
         )
         wait_for(lambda: _ready(port) and _ready(port + 1), 60, "both processes ready")
-        children = _children(supervisor.proc.pid)
-        assert len(children) == 2, f"expected 2 relay processes, found {children}"
+        workers = children(supervisor.proc.pid)
+        assert len(workers) == 2, f"expected 2 relay processes, found {workers}"
         wait_for(lambda: count(conn, "SELECT count(*) FROM relay.relays") == 2, 30, "2 relays seen")
 
         conn.execute(
@@ -103,11 +79,11 @@ def test_two_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         assert _delivered(port) > 0 and _delivered(port + 1) > 0
 
         # kill -9 one process: the supervisor starts another in its place
-        victim = children[0]
+        victim = workers[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: not _alive(victim), 10, "the killed process to be gone")
+        wait_for(lambda: not running(victim), 10, "the killed process to be gone")
         wait_for(
-            lambda: len([c for c in _children(supervisor.proc.pid) if c != victim]) == 2,
+            lambda: len([c for c in children(supervisor.proc.pid) if c != victim]) == 2,
             30,
             "a replacement process",
         )
@@ -120,10 +96,10 @@ def test_two_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         )
         wait_for(lambda: _ready(port) and _ready(port + 1), 30, "both ready again")
 
-        running = _children(supervisor.proc.pid)
+        still = children(supervisor.proc.pid)
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(40) == 0
-        assert not [pid for pid in running if _alive(pid)], "no relay process outlives it"
+        assert not [pid for pid in still if running(pid)], "no relay process outlives it"
         log = supervisor.log()
         records = rx.records()
     assert "restarting in" in log, log[-2000:]

@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from relay.sql.migrate import migrate
 from tests.acceptance.conftest import RelayProcess, count, wait_for
+from tests.procs import children, running
 from tests.receiver import start_receiver_process
 from tests.relayctx import add_subscription
 
@@ -37,25 +38,6 @@ pytestmark = pytest.mark.slow
 def _bin(name: str) -> str | None:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
     return found[-1] or None
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a reaped-later zombie holds nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class Cluster:
@@ -105,12 +87,12 @@ class Cluster:
     def crash(self) -> None:
         """SIGKILL the postmaster and every backend it started: what a power cut leaves."""
         pid = self.postmaster_pid()
-        family = [pid, *_children(pid)]
+        family = [pid, *children(pid)]
         for member in family:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while any(_running(member) for member in family):
+        while any(running(member) for member in family):
             assert time.monotonic() < deadline, "the killed server's processes did not exit"
             time.sleep(0.05)
         # The killed postmaster may linger as a zombie (not every container's init reaps
