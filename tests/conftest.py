@@ -97,30 +97,21 @@ def template_url(server_url: str) -> Iterator[str]:
         )
 
 
-@contextlib.contextmanager
-def migrated_database(server_url: str, prefix: str = "relay_test") -> Iterator[str]:
-    """A URL of a fresh copy of the migrated template, dropped when the block ends."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A URL of a fresh database, already migrated, dropped after the test."""
+    name = f"relay_test_{uuid.uuid4().hex[:12]}"
     with _admin(server_url) as admin:
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
             )
         )
-    try:
-        yield _with_db(server_url, name)
-    finally:
-        with _admin(server_url) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-@pytest.fixture
-def database_url(server_url: str, template_url: str) -> Iterator[str]:
-    """A URL of a fresh database, already migrated, dropped after the test."""
-    with migrated_database(server_url) as url:
-        yield url
+    yield _with_db(server_url, name)
+    with _admin(server_url) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from relay.sql import q
-from tests.conftest import migrated_database
+from tests.conftest import TEMPLATE_DB, _admin, _with_db
 from tests.observability.test_query_plans import _function_plan, _nodes, _query_plan
 
 Conn = psycopg.Connection[Any]
@@ -31,12 +33,22 @@ HISTORY = 120_000
 
 @pytest.fixture(scope="module")
 def history(server_url: str, template_url: str) -> Iterator[Conn]:
-    with (
-        migrated_database(server_url, "relay_test_history") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        _fill(conn)
-        yield conn
+    name = f"relay_test_history_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+            )
+        )
+    try:
+        with psycopg.connect(_with_db(server_url, name), autocommit=True) as conn:
+            _fill(conn)
+            yield conn
+    finally:
+        with _admin(server_url) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def _fill(conn: Conn) -> None:

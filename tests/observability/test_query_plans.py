@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from relay.sql import q
-from tests.conftest import migrated_database
+from tests.conftest import TEMPLATE_DB, _admin, _with_db
 
 Conn = psycopg.Connection[Any]
 
@@ -112,12 +112,22 @@ def big_conn(server_url: str, template_url: str) -> Iterator[Conn]:
     """A database (one per module: filling it takes seconds) with BIG delivered deliveries
     (history), BIG undispatched outbox rows and a few pending deliveries, analyzed as
     autovacuum would have."""
-    with (
-        migrated_database(server_url, "relay_test_plans") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        _fill(conn)
-        yield conn
+    name = f"relay_test_plans_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+            )
+        )
+    try:
+        with psycopg.connect(_with_db(server_url, name), autocommit=True) as conn:
+            _fill(conn)
+            yield conn
+    finally:
+        with _admin(server_url) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def _fill(conn: Conn) -> None:
