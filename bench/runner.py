@@ -378,8 +378,12 @@ def figures(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 add("8 api", f"{kind} p99 ({r.get('history_deliveries')} deliveries)",
                     _get(lat, kind, "p99_ms"), "ms")  # fmt: skip
             add("8 api", "worst p99 of list/show (target <= 20)", lat.get("worst_p99_ms"), "ms")
-            add("8 api", "drain rate with API load / without (target >= 0.95)",
+            add("8 api", "drain rate with a dashboard on the API / without (target >= 0.95)",
                 _get(r, "drain", "ratio_loaded_to_alone"))  # fmt: skip
+            add("8 api", "  same, API hammered back to back / without",
+                _get(r, "drain", "ratio_saturated_to_alone"))  # fmt: skip
+            add("8 api", "  API CPU per request (back to back)",
+                _get(r, "drain", "saturated", "api_cpu_us_per_request"), "us")  # fmt: skip
         elif name == "emit":
             for b in (1, 100):
                 e = r.get(f"batch_{b}", {})
