@@ -91,7 +91,9 @@ def status(conn: Conn) -> dict[str, Any]:
     subscriptions hold encrypted or plain-text credentials.
     """
     keyring = crypto.load_keyring()
-    with db_errors():
+    with db_errors(), conn.transaction():
+        # SET LOCAL: for this statement only, also behind a transaction pooler (see the query)
+        conn.execute("SET LOCAL jit = off")
         row = fetch_one(conn, "admin_status", {"exact_below": EXACT_COUNT_BELOW})
         relays = fetch_all(conn, "admin_status_relays")
     assert row is not None

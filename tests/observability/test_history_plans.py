@@ -20,6 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from relay import admin
+from relay.admin.db import fetch_one
 from relay.sql import q
 from tests.conftest import TEMPLATE_DB, _admin, _with_db
 from tests.observability.test_query_plans import _function_plan, _nodes, _query_plan
@@ -274,3 +276,33 @@ def test_prune_batches_read_their_indexes(
     print(f"\n--- {name} ({mode})\n{text}")
     assert not _seq_scans(plan), text
     assert indexes <= _used(plan), text
+
+
+def test_status_is_not_jit_compiled(history: Conn) -> None:
+    """At 10M deliveries the status query's cost (its never-run exact counts included) passed
+    jit_above_cost, and compiling it took 27 of its 38 ms; admin.status() runs it with jit
+    off. Here jit_above_cost = 0 makes any plan a candidate, and auto_explain reports to the
+    client whether each statement was compiled."""
+    with psycopg.connect(history.info.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_jit_available()").fetchone() == (True,), (
+            "this server cannot JIT: the test would prove nothing"
+        )
+        plans: list[str] = []
+        conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        for setting in (
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_format = 'json'",
+            "client_min_messages = log",
+            "jit = on",
+            "jit_above_cost = 0",
+        ):
+            conn.execute(f"SET {setting}")
+        # the control: the same statement without admin.status()'s setting is compiled
+        fetch_one(conn, "admin_status", {"exact_below": 100_000})
+        assert any('"JIT"' in p for p in plans), plans
+        plans.clear()
+        admin.status(conn)
+        status_plans = [p for p in plans if "deliveries_pending" in p or "relay.outbox" in p]
+        assert status_plans, plans
+        assert not any('"JIT"' in p for p in status_plans), status_plans
