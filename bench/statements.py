@@ -1,7 +1,8 @@
 """Postgres CPU per delivery of relay's own statements, without HTTP: dispatch, then ack.
 
     python -m bench.statements [--events 20000] [--batch 50] [--analyze-empty]
-                               [--payload-bytes 0]
+                               [--payload-bytes 0] [--subscriptions 1] [--sizes]
+                               [--then-sql FILE]
 
 Creates a scratch database on the server (``RELAY_BENCH_DATABASE_URL``, default the local
 test server), one subscription and ``--events`` outbox rows, then loops as a relay does under
@@ -11,7 +12,13 @@ delivered. Dispatch and ack run on two connections, so the CPU time of each back
 relay's tables while they are still empty, as after an install: the statistics state in
 which planner-chosen plans went wrong (migration 0003). ``--payload-bytes`` pads each
 payload with a string of that many characters (hex digits, compressing about as badly as
-real JSON does). The database is dropped at the end.
+real JSON does). ``--subscriptions`` fans each event out to that many subscriptions.
+``--sizes`` then prints the bytes per event of the history tables (table + indexes + TOAST of
+``outbox``, ``deliveries``, ``delivery_attempts``) after a VACUUM (the files as they are:
+what the queue's updates left for reuse included) and after a VACUUM FULL (packed: the rows
+and index entries themselves). ``--then-sql`` runs a file of SQL after the migrations: a
+candidate schema change measured beside the current one without a second checkout. The
+database is dropped at the end.
 
 A quick, low-noise way to compare SQL changes: run it from two checkouts in turn.
 """
@@ -31,6 +38,7 @@ from relay.daemon.store import Ack, PgStore
 from relay.sql.migrate import migrate
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+HISTORY = ("outbox", "deliveries", "delivery_attempts")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -46,13 +54,18 @@ async def _backend_pid(store: PgStore) -> int:
     return int(row[0])
 
 
-def _setup(url: str, events: int, analyze_empty: bool, pad: int) -> None:
+def _setup(
+    url: str, events: int, analyze_empty: bool, pad: int, subscriptions: int, then_sql: str
+) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
+        if then_sql:
+            conn.execute(then_sql.encode())
         if analyze_empty:
-            for table in ("outbox", "deliveries", "delivery_attempts"):
+            for table in HISTORY:
                 conn.execute(f"VACUUM ANALYZE relay.{table}")
-        conn.execute("INSERT INTO relay.subscriptions (url) VALUES ('http://127.0.0.1:9/hook')")
+        for _ in range(subscriptions):
+            conn.execute("INSERT INTO relay.subscriptions (url) VALUES ('http://127.0.0.1:9/hook')")
         conn.execute(
             "INSERT INTO relay.outbox (event_type, payload)"
             " SELECT 'order.created',"
@@ -65,7 +78,7 @@ def _setup(url: str, events: int, analyze_empty: bool, pad: int) -> None:
         conn.execute("ANALYZE relay.outbox")
 
 
-async def _measure(url: str, events: int, batch: int) -> str:
+async def _measure(url: str, deliveries: int, batch: int) -> str:
     dispatcher = PgStore(url, pool_size=1, relay_id="bench-dispatch")
     acker = PgStore(url, pool_size=1, relay_id="bench-ack")
     await dispatcher.open()
@@ -75,8 +88,9 @@ async def _measure(url: str, events: int, batch: int) -> str:
         before = [_cpu_seconds(p) for p in pids]
         done = 0
         t0 = time.perf_counter()
-        while done < events:
-            _, _, jobs = await dispatcher.dispatch(batch, batch, 60.0)
+        while done < deliveries:
+            # every delivery a dispatch creates is leased by it (up to a batch of events)
+            _, _, jobs = await dispatcher.dispatch(batch, deliveries, 60.0)
             if not jobs:
                 break
             now = datetime.now(UTC)
@@ -90,9 +104,31 @@ async def _measure(url: str, events: int, batch: int) -> str:
         await dispatcher.close()
         await acker.close()
     return (
-        f"{done} deliveries, batch {batch}: Postgres CPU per delivery dispatch {d_us:.1f}"
+        f"{done} deliveries, {batch} events a dispatch: Postgres CPU per delivery"
+        f" dispatch {d_us:.1f}"
         f" + ack {a_us:.1f} = {d_us + a_us:.1f} us; {done / wall:,.0f} deliveries/s"
     )
+
+
+def _sizes(url: str, events: int) -> str:
+    """Bytes per event of the history tables, after VACUUM and after VACUUM FULL."""
+    out = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for how in ("VACUUM", "VACUUM FULL"):
+            for table in HISTORY:
+                conn.execute(f"{how} relay.{table}")
+            sizes = {
+                t: int(
+                    conn.execute(
+                        "SELECT pg_total_relation_size(%s::regclass)", (f"relay.{t}",)
+                    ).fetchone()[0]  # type: ignore[index]
+                )
+                / events
+                for t in HISTORY
+            }
+            parts = ", ".join(f"{t} {b:.0f}" for t, b in sizes.items())
+            out.append(f"after {how}: {sum(sizes.values()):.0f} bytes/event ({parts})")
+    return "; ".join(out)
 
 
 def main() -> None:
@@ -101,15 +137,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--analyze-empty", action="store_true")
     parser.add_argument("--payload-bytes", type=int, default=0)
+    parser.add_argument("--subscriptions", type=int, default=1)
+    parser.add_argument("--sizes", action="store_true")
+    parser.add_argument("--then-sql", metavar="FILE")
     args = parser.parse_args()
+    then_sql = ""
+    if args.then_sql:
+        with open(args.then_sql) as f:
+            then_sql = f.read()
     server = os.environ.get("RELAY_BENCH_DATABASE_URL", DEFAULT_SERVER)
     name = f"relay_bench_statements_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = psycopg.conninfo.make_conninfo(server, dbname=name)
-        _setup(url, args.events, args.analyze_empty, args.payload_bytes)
-        print(asyncio.run(_measure(url, args.events, args.batch)))
+        _setup(
+            url, args.events, args.analyze_empty, args.payload_bytes, args.subscriptions, then_sql
+        )
+        print(asyncio.run(_measure(url, args.events * args.subscriptions, args.batch)))
+        if args.sizes:
+            print(_sizes(url, args.events))
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

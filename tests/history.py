@@ -78,6 +78,10 @@ def ids(conn: Conn, table: str) -> set[int]:
 
 def snapshot(conn: Conn) -> list[Any]:
     return [
-        conn.execute(f"SELECT * FROM relay.{t} ORDER BY id").fetchall()
-        for t in ("outbox", "deliveries", "delivery_attempts")
+        conn.execute(f"SELECT * FROM relay.{t} ORDER BY {key}").fetchall()
+        for t, key in (
+            ("outbox", "id"),
+            ("deliveries", "id"),
+            ("delivery_attempts", "delivery_id, attempt"),
+        )
     ]

@@ -59,7 +59,8 @@ def list_deliveries(
 def get_delivery(conn: Conn, delivery_id: int, *, tenant: str | None = None) -> dict[str, Any]:
     """One delivery with its event and its whole attempt history (``attempt_history``).
 
-    :class:`NotFound` if it does not exist or, with ``tenant``, is not that tenant's.
+    :class:`NotFound` if it does not exist or, with ``tenant``, is not that tenant's, and
+    when its event (outbox row) was deleted outside relay: the message says so.
 
     Response bodies are cut to :data:`RESPONSE_BODY_LIMIT` characters
     (``response_truncated`` says when).
@@ -68,6 +69,13 @@ def get_delivery(conn: Conn, delivery_id: int, *, tenant: str | None = None) -> 
         row = fetch_one(conn, "admin_delivery_get", {"id": delivery_id, "tenant": tenant})
         if row is None:
             raise NotFound(f"delivery {delivery_id} not found")
+        if row.pop("event_gone"):
+            # No foreign key keeps the outbox row (migration 0011): the application or an
+            # operator deleted it. The delivery still shows in `relay delivery list`.
+            raise NotFound(
+                f"delivery {delivery_id}: its event (outbox row {row['outbox_id']}) was deleted"
+                " outside relay"
+            )
         row["attempt_history"] = fetch_all(
             conn, "admin_delivery_attempts", {"id": delivery_id, "body_limit": RESPONSE_BODY_LIMIT}
         )

@@ -184,6 +184,28 @@ def test_deliveries_list_show_filter_and_page(api: Api) -> None:
         assert body["errors"] == [{"field": "status", "message": body["errors"][0]["message"]}]
 
 
+def test_a_delivery_whose_event_was_deleted_by_hand_is_listed_and_shown_as_gone(
+    api: Api,
+) -> None:
+    """No foreign key holds an outbox row since 0011: an application may delete one that
+    has deliveries. The list still shows the delivery; showing it is a clear 404 naming the
+    deleted event, never a 500."""
+    with psycopg.connect(api.database_url, autocommit=True) as conn:
+        sub = make_subscription(conn, "acme")
+        dead = make_delivery(conn, sub, tenant="acme", status="dead", attempts=2)
+        row = conn.execute(
+            "DELETE FROM relay.outbox o USING relay.deliveries d"
+            " WHERE d.id = %s AND o.id = d.outbox_id RETURNING o.id",
+            (dead,),
+        ).fetchone()
+        assert row is not None
+    for key in (api.keys["acme"], api.operator_key):
+        with api.client(key) as c:
+            assert [d["id"] for d in c.get("/v1/deliveries").json()["data"]] == [dead]
+            body = problem(c.get(f"/v1/deliveries/{dead}"), 404)
+            assert f"outbox row {row[0]}) was deleted" in body["detail"], body
+
+
 def test_replay_gives_a_fresh_budget_and_refuses_one_in_flight(api: Api) -> None:
     with psycopg.connect(api.database_url, autocommit=True) as conn:
         sub = make_subscription(conn, None)

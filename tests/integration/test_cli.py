@@ -57,7 +57,8 @@ def scalar(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> Any:
 def snapshot(conn: Conn) -> list[Any]:
     """Everything a refused command must leave untouched."""
     return [
-        conn.execute(f"SELECT * FROM relay.{t} ORDER BY 1").fetchall()
+        # (delivery_attempts: keyed by its first two columns)
+        conn.execute(f"SELECT * FROM relay.{t} ORDER BY 1, 2").fetchall()
         for t in ("subscriptions", "deliveries", "outbox", "event_types", "delivery_attempts")
     ]
 

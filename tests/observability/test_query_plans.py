@@ -88,12 +88,17 @@ FUNCTION_BODIES: dict[str, tuple[str, list[str]]] = {
 }
 
 # The partial indexes (relay/sql/migrations/0001_initial.sql) each query must read.
-# Partial indexes of the dead rows (0001, 0010): reading one whole is a count of the dead rows
-# kept, which the queries do only while that is small (under exact_below).
-DEAD_INDEXES = {"deliveries_dead", "deliveries_subscription_dead"}
+# Partial indexes of the dead rows (0001, 0010, 0011): reading one whole is a count of the
+# dead rows kept, which the queries do only while that is small (under exact_below).
+DEAD_INDEXES = {"deliveries_dead", "deliveries_subscription_dead", "deliveries_dead_id"}
+
+# Partial indexes of the pending rows (the backlog): deliveries_due in due order for the claim;
+# deliveries_pending_id (0011, `delivery list --status pending`) serves a count as well.
+BACKLOG_INDEXES = {"deliveries_due", "deliveries_pending_id"}
 
 PARTIAL_INDEXES: dict[str, set[str]] = {
-    # the dead count (only while small, see DEAD_INDEXES) may read either index of dead rows
+    # the dead count (only while small, see DEAD_INDEXES) may read either index of dead rows;
+    # the pending count either index of the backlog (the oldest-pending age is deliveries_due)
     "refresh_stats": {"outbox_undispatched", "deliveries_due"},
     "claim_due_saturated": {"deliveries_subscription_due"},
     # its row selection is relay.claim_due(), checked by the test below
@@ -298,7 +303,7 @@ def _whole_reads(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
         for n in _nodes(plan)
         if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in BIG_TABLES
     ]
-    partial = set().union(*PARTIAL_INDEXES.values(), DEAD_INDEXES)
+    partial = set().union(*PARTIAL_INDEXES.values(), DEAD_INDEXES, BACKLOG_INDEXES)
     whole = [
         str(n["Index Name"])
         for n in _nodes(plan)

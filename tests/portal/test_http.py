@@ -166,6 +166,22 @@ def test_another_tenants_ids_are_not_found(portal: PortalServer, world: Any) -> 
     assert f"#{world['acme_dead']}" in listing and f"#{world['globex_dead']}<" not in listing
 
 
+def test_a_delivery_whose_event_was_deleted_by_hand_is_not_found_not_an_error(
+    portal: PortalServer, world: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """Since 0011 an outbox row can be deleted under its deliveries: the list still shows
+    the delivery, its page is a 404 (not a 500)."""
+    conn.execute(
+        "DELETE FROM relay.outbox o USING relay.deliveries d"
+        " WHERE d.id = %s AND o.id = d.outbox_id",
+        (world["acme_dead"],),
+    )
+    client, _ = _client(portal, "acme")
+    listing = client.get("/portal/deliveries")
+    assert listing.status_code == 200 and f"#{world['acme_dead']}" in listing.text
+    assert client.get(f"/portal/deliveries/{world['acme_dead']}").status_code == 404
+
+
 def test_validation_names_the_field_and_changes_nothing(
     portal: PortalServer, conn: psycopg.Connection[Any]
 ) -> None:

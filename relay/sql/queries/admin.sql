@@ -241,12 +241,15 @@ ORDER BY d.id DESC
 LIMIT %(limit)s;
 
 -- name: admin_delivery_get
+-- event_gone: the delivery's outbox row was deleted outside relay (no foreign key holds it
+-- since 0011); its event columns are then NULL.
 SELECT d.id, d.outbox_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts,
        d.failures, nullif(d.next_attempt_at, 'infinity') AS next_attempt_at, d.lease_owner,
        d.last_status_code, d.last_error, d.created_at, d.updated_at, d.delivered_at, d.dead_at,
-       o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at
+       o.event_id, o.aggregate_id, o.version, o.payload, o.created_at AS event_created_at,
+       o.id IS NULL AS event_gone
 FROM relay.deliveries d
-JOIN relay.outbox o ON o.id = d.outbox_id
+LEFT JOIN relay.outbox o ON o.id = d.outbox_id
 JOIN relay.subscriptions s ON s.id = d.subscription_id
 WHERE d.id = %(id)s
   -- Tenant scope: the same statement answers for a missing and another tenant's delivery.
