@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.streams import EMPTY_PAYLOAD
 from yarl import URL
 
 from relay import __version__
@@ -93,23 +94,47 @@ def prepare(job: Job, timestamp: int) -> Prepared:
         notification = compile_body_map_cached(job.body_map).apply(notification)
     # During a rotation overlap both the new and the previous secret sign (two v1 signatures).
     secrets = [s for s in (job.secret, job.previous_secret) if s]
-    url = URL(job.url, encoded=False)
-    headers = dict(job.headers)
-    headers["User-Agent"] = USER_AGENT
-    # relay keeps only an excerpt of the answer: ask for it uncompressed (aiohttp would offer
-    # gzip and deflate). A server that compresses anyway is handled by _excerpt().
-    headers["Accept-Encoding"] = "identity"
+    url = _url(job.url)
     if job.method == "GET":
         url = url.extend_query(encode_query(notification))
         # Standard Webhooks signs a body; a GET has none, so relay signs the query string
         # (the part after '?', exactly as sent).
         signed = url.raw_query_string
-        headers.update(webhook_headers(webhook_id(job), timestamp, signed, secrets))
+        headers = {
+            **job.headers,
+            **_BASE_HEADERS,
+            **webhook_headers(webhook_id(job), timestamp, signed, secrets),
+        }
         return Prepared("GET", url, headers, None)
     body = dumps(notification)
-    headers["Content-Type"] = "application/json"
-    headers.update(webhook_headers(webhook_id(job), timestamp, body, secrets))
+    # One dict display (the subscription's headers, then relay's, which win): building it
+    # key by key showed in profiles (about 0.4 us of a delivery, timeit).
+    headers = {
+        **job.headers,
+        **_BASE_HEADERS,
+        "Content-Type": "application/json",
+        **webhook_headers(webhook_id(job), timestamp, body, secrets),
+    }
     return Prepared("POST", url, headers, body.encode())
+
+
+# Headers of every attempt, after the subscription's own. relay keeps only an excerpt of the
+# answer: it asks for it uncompressed (aiohttp would offer gzip and deflate). A server that
+# compresses anyway is handled by _excerpt().
+_BASE_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+
+# Parsed subscription URLs by their text (a yarl URL is immutable, so it can be shared):
+# parsing one per attempt cost about 0.5 us of a delivery (timeit).
+_URLS: dict[str, URL] = {}
+
+
+def _url(text: str) -> URL:
+    url = _URLS.get(text)
+    if url is None:
+        url = URL(text, encoded=False)
+        if len(_URLS) < HOST_CACHE_SIZE:
+            _URLS[text] = url
+    return url
 
 
 def decide(job: Job, result: Result) -> Ack:
@@ -259,7 +284,12 @@ class HttpSender:
             timeout=_client_timeout(timeout),
         ) as resp:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            raw = await _read_head(resp, encoding)
+            if resp.content is EMPTY_PAYLOAD and not resp.content_length:
+                # No body to read (a 204, say): what _read_head() would find, without its
+                # two coroutines (about 0.7 us of a delivery, timeit).
+                raw = b""
+            else:
+                raw = await _read_head(resp, encoding)
             duration = (time.perf_counter() - t0) * 1000.0
             status = resp.status
             retry_after = None
