@@ -95,36 +95,26 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     # During a rotation overlap both the new and the previous secret sign (two v1 signatures).
     secrets = [s for s in (job.secret, job.previous_secret) if s]
     url = _url(job.url)
+    headers = dict(job.headers)
+    headers["User-Agent"] = USER_AGENT
+    # relay keeps only an excerpt of the answer: ask for it uncompressed (aiohttp would offer
+    # gzip and deflate). A server that compresses anyway is handled by _excerpt().
+    headers["Accept-Encoding"] = "identity"
     if job.method == "GET":
         url = url.extend_query(encode_query(notification))
         # Standard Webhooks signs a body; a GET has none, so relay signs the query string
         # (the part after '?', exactly as sent).
         signed = url.raw_query_string
-        headers = {
-            **job.headers,
-            **_BASE_HEADERS,
-            **webhook_headers(webhook_id(job), timestamp, signed, secrets),
-        }
+        headers.update(webhook_headers(webhook_id(job), timestamp, signed, secrets))
         return Prepared("GET", url, headers, None)
     body = dumps(notification)
-    # One dict display (the subscription's headers, then relay's, which win): building it
-    # key by key showed in profiles (about 0.4 us of a delivery, timeit).
-    headers = {
-        **job.headers,
-        **_BASE_HEADERS,
-        "Content-Type": "application/json",
-        **webhook_headers(webhook_id(job), timestamp, body, secrets),
-    }
+    headers["Content-Type"] = "application/json"
+    headers.update(webhook_headers(webhook_id(job), timestamp, body, secrets))
     return Prepared("POST", url, headers, body.encode())
 
 
-# Headers of every attempt, after the subscription's own. relay keeps only an excerpt of the
-# answer: it asks for it uncompressed (aiohttp would offer gzip and deflate). A server that
-# compresses anyway is handled by _excerpt().
-_BASE_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-
 # Parsed subscription URLs by their text (a yarl URL is immutable, so it can be shared):
-# parsing one per attempt cost about 0.5 us of a delivery (timeit).
+# parsing one per attempt cost about 0.5 us of a delivery (timeit: 0.58 us a parse).
 _URLS: dict[str, URL] = {}
 
 
@@ -286,7 +276,7 @@ class HttpSender:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
             if resp.content is EMPTY_PAYLOAD and not resp.content_length:
                 # No body to read (a 204, say): what _read_head() would find, without its
-                # two coroutines (about 0.7 us of a delivery, timeit).
+                # two coroutines and second Content-Length parse (about 0.3 us, timeit).
                 raw = b""
             else:
                 raw = await _read_head(resp, encoding)
