@@ -184,6 +184,9 @@ class Acker:
         # The lines' fields are built only when they are logged (~0.7 us per delivery).
         info = log.isEnabledFor(logging.INFO)
         debug = log.isEnabledFor(logging.DEBUG)
+        # relay_deliveries_total{outcome="delivered"} once per event type and batch, not once
+        # per delivery (about 0.5 us of a delivery, timeit).
+        delivered: dict[str, int] = {}
         for job, ack in batch:
             if job.id not in accepted:
                 self.metrics.lost_leases.inc()
@@ -192,7 +195,7 @@ class Acker:
                 )
                 continue
             if ack.outcome == "delivered":
-                self.metrics.delivery_ended("delivered", job.event_type)
+                delivered[job.event_type] = delivered.get(job.event_type, 0) + 1
                 self.metrics.latency.observe(max(0.0, now - job.created_at.timestamp()))
                 self.summary.add(job.subscription_id)
                 if debug:
@@ -202,6 +205,8 @@ class Acker:
                 log.warning("dead", extra=attempt_summary(job, ack))
             elif info:
                 log.info("retry scheduled", extra=attempt_summary(job, ack))
+        for event_type, count in delivered.items():
+            self.metrics.delivery_ended("delivered", event_type, count)
         self._log_summary(time.monotonic())
 
     def _log_summary(self, now: float, force: bool = False) -> None:

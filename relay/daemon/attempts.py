@@ -86,6 +86,10 @@ class Attempts:
         # Enabled subscriptions (refreshed with the gauges); until known, assume many.
         self.subscriptions_active = 1 << 30
         self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
+        # Read when scraped rather than set on every start and finish of an attempt (two
+        # locked Gauge.set() calls per delivery: about 0.7 us, timeit).
+        metrics.in_flight.set_function(lambda: self.slots.running)
+        metrics.ready.set_function(lambda: self.slots.ready)
 
     def subscriptions_changed(self, active: int) -> None:
         """The number of enabled subscriptions (read with the gauges)."""
@@ -189,7 +193,6 @@ class Attempts:
         """Start an attempt task for each ready job that has a slot (none once stopping:
         the ready ones are released instead)."""
         if self.stopping.is_set():
-            self.metrics.in_flight.set(self.slots.running)
             return
         start, lapsing = self.slots.pop_startable(time.monotonic())
         loop = self.loop
@@ -203,8 +206,6 @@ class Attempts:
             self.in_flight[task] = job
             self.deadlines[task] = now + job.timeout_ms / 1000.0 + DRAIN_MARGIN_SECONDS
             task.add_done_callback(self._attempt_done)
-        self.metrics.in_flight.set(self.slots.running)
-        self.metrics.ready.set(self.slots.ready)
         if lapsing:
             self._release_in_background(lapsing, "ready (lease too short to start)")
 
@@ -252,7 +253,6 @@ class Attempts:
         task = asyncio.create_task(release(), name="release")
         self.releasing.add(task)
         task.add_done_callback(self.releasing.discard)
-        self.metrics.ready.set(self.slots.ready)
 
     async def _release(self, jobs: list[Job], what: str) -> None:
         """Give leased jobs back: due now, for any relay (a failure leaves them to their
@@ -277,7 +277,6 @@ class Attempts:
         """
         stopped_at = time.monotonic()
         ready = self.slots.take_ready()
-        self.metrics.ready.set(0)
         if ready:
             await self._release(ready, "ready")
         await asyncio.gather(*self.releasing, return_exceptions=True)

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -187,16 +189,40 @@ class Undecodable(dict[str, Any]):
 # Postgres sends json/jsonb as UTF-8 text: decoded straight to str (json.loads of bytes would
 # first copy them and sniff the encoding, per column and row).
 _DECODER = json.JSONDecoder()
+# The C scanner under JSONDecoder.decode, called directly: jsonb's text output is one value
+# with no surrounding whitespace, so decode()'s two whitespace regex matches and two Python
+# call layers are not needed (anything else takes the full path).
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _loads(data: bytes | bytearray | memoryview | str) -> Any:
     try:
-        return _DECODER.decode(data if isinstance(data, str) else str(data, "utf-8"))
+        text = data if isinstance(data, str) else str(data, "utf-8")
+        if text == "{}":
+            # A subscription's headers and event names are mostly empty: two of a job's
+            # three jsonb columns. Each call gets its own dict (callers may fill it).
+            return {}
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+        return _DECODER.decode(text)  # whitespace around the value, or invalid: full path
     except RecursionError:
         return Undecodable("payload is nested too deeply to decode")
     except ValueError as exc:
         # int() over sys.get_int_max_str_digits(): jsonb keeps numbers of any size.
         return Undecodable(f"payload cannot be decoded: {str(exc)[:200]}")
+
+
+class _JsonTextLoader(Loader):
+    """json/jsonb in text format through :func:`_loads`, without psycopg's own loader's
+    copy of each value to ``bytes`` and its extra call (3 columns per leased job: about
+    2 us of a delivery's CPU with the two cuts in :func:`_loads`, measured with timeit)."""
+
+    def load(self, data: Buffer) -> Any:
+        return _loads(data)
 
 
 def connection_kwargs(url: str, synchronous_commit: str, prepare: bool = True) -> dict[str, Any]:
@@ -246,7 +272,9 @@ def _open_credentials(jobs: list[Job], keyring: crypto.Keyring | None) -> list[J
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    set_json_loads(_loads, conn)
+    set_json_loads(_loads, conn)  # binary format too
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, _JsonTextLoader)
 
 
 class PgStore:

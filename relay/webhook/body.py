@@ -58,13 +58,14 @@ def build_notification(
     of the same name (a payload ``"eventType"`` or ``"version"`` is dropped), so receivers
     can always trust those two fields. ``eventType`` and ``version`` come first.
     """
-    notification: dict[str, Any] = {
-        "eventType": event_names.get(event_type, default_name(event_type)),
-        "version": version,
-    }
-    for key, value in payload.items():
-        # setdefault keeps relay's eventType/version: they were inserted first.
-        notification.setdefault(key, value)
+    name = event_names[event_type] if event_type in event_names else default_name(event_type)
+    # One dict display instead of a loop over the payload's keys (about 0.6 us of a delivery,
+    # timeit). A payload "eventType" or "version" keeps the first position but would
+    # overwrite relay's value: put relay's back.
+    notification: dict[str, Any] = {"eventType": name, "version": version, **payload}
+    if "eventType" in payload or "version" in payload:
+        notification["eventType"] = name
+        notification["version"] = version
     return notification
 
 
@@ -74,11 +75,25 @@ def dumps(obj: Any) -> str:
     NaN and infinities are refused (``ValueError``): they are not JSON and jsonb cannot hold
     them, so one appearing means a bug upstream, not something to send to a receiver.
     """
-    return _ENCODER.encode(obj)
+    return "".join(_ENCODE(obj, 0))
 
 
-# Built once: json.dumps() with non-default options builds an encoder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder behind json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False).encode, built once: encode() builds one per call, with two Python layers
+# around it (about 0.7 us of a delivery, timeit). No circular-reference check (markers=None):
+# what is sent comes from decoded JSON, which has no cycles; a cycle would end in
+# RecursionError, which the sender reports like any body it cannot build.
+_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None,
+    json.JSONEncoder().default,
+    json.encoder.encode_basestring,
+    None,
+    ":",
+    ",",
+    False,
+    False,
+    False,
+)
 
 
 def _query_value(value: Any) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.streams import EMPTY_PAYLOAD
 from yarl import URL
 
 from relay import __version__
@@ -93,7 +94,7 @@ def prepare(job: Job, timestamp: int) -> Prepared:
         notification = compile_body_map_cached(job.body_map).apply(notification)
     # During a rotation overlap both the new and the previous secret sign (two v1 signatures).
     secrets = [s for s in (job.secret, job.previous_secret) if s]
-    url = URL(job.url, encoded=False)
+    url = _url(job.url)
     headers = dict(job.headers)
     headers["User-Agent"] = USER_AGENT
     # relay keeps only an excerpt of the answer: ask for it uncompressed (aiohttp would offer
@@ -110,6 +111,20 @@ def prepare(job: Job, timestamp: int) -> Prepared:
     headers["Content-Type"] = "application/json"
     headers.update(webhook_headers(webhook_id(job), timestamp, body, secrets))
     return Prepared("POST", url, headers, body.encode())
+
+
+# Parsed subscription URLs by their text (a yarl URL is immutable, so it can be shared):
+# parsing one per attempt cost about 0.5 us of a delivery (timeit: 0.58 us a parse).
+_URLS: dict[str, URL] = {}
+
+
+def _url(text: str) -> URL:
+    url = _URLS.get(text)
+    if url is None:
+        url = URL(text, encoded=False)
+        if len(_URLS) < HOST_CACHE_SIZE:
+            _URLS[text] = url
+    return url
 
 
 def decide(job: Job, result: Result) -> Ack:
@@ -259,7 +274,12 @@ class HttpSender:
             timeout=_client_timeout(timeout),
         ) as resp:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            raw = await _read_head(resp, encoding)
+            if resp.content is EMPTY_PAYLOAD and not resp.content_length:
+                # No body to read (a 204, say): what _read_head() would find, without its
+                # two coroutines and second Content-Length parse (about 0.3 us, timeit).
+                raw = b""
+            else:
+                raw = await _read_head(resp, encoding)
             duration = (time.perf_counter() - t0) * 1000.0
             status = resp.status
             retry_after = None
