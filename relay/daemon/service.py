@@ -35,6 +35,7 @@ from relay.daemon.deliverer import Deliverer
 from relay.daemon.dispatcher import Dispatcher
 from relay.daemon.health import Health
 from relay.daemon.listener import Listener
+from relay.daemon.looptask import bound_create_task
 from relay.daemon.pruner import Pruner
 from relay.daemon.signals import Signals, wait_for_event
 from relay.daemon.store import PgStore
@@ -379,5 +380,11 @@ def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        return asyncio.run(_bound(coro))
+    return uvloop.run(_bound(coro))
+
+
+async def _bound(coro: Coroutine[Any, Any, int]) -> int:
+    """``coro`` with asyncio.create_task bound to the running loop (relay.daemon.looptask)."""
+    with bound_create_task(asyncio.get_running_loop()):
+        return await coro
