@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from relay import admin
 from relay.admin import validation as v
 from relay.api import cursor
-from relay.api.auth import Context
+from relay.api.auth import Context, Ctx
 from relay.api.models import DeliveryDetail, DeliveryPage
 from relay.api.routes import COMMON_ERRORS, error_responses
 from relay.api.routes.subscriptions import DEFAULT_PAGE, MAX_PAGE, page
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], responses=COMMO
 
 
 @router.get("", response_model=DeliveryPage, summary="List deliveries")
-def list_deliveries(
+async def list_deliveries(
     ctx: Context,
     status: Annotated[str | None, Query(description="pending, delivered or dead")] = None,
     subscription_id: int | None = None,
@@ -29,18 +29,22 @@ def list_deliveries(
     cursor_: Annotated[str | None, Query(alias="cursor", max_length=100)] = None,
 ) -> dict[str, Any]:
     """Deliveries of the key's subscriptions, newest first, filtered by every given field."""
-    before = cursor.decode(KIND, cursor_)
-    sub_id = None if subscription_id is None else v.parse_id(subscription_id, "subscription_id")
-    rows = admin.list_deliveries(
-        ctx.conn,
-        status=status,
-        subscription_id=sub_id,
-        event_type=event_type,
-        limit=limit + 1,
-        tenant=ctx.tenant,
-        before=before,
-    )
-    return page(rows, limit, KIND)
+
+    def list_page(c: Ctx) -> dict[str, Any]:
+        before = cursor.decode(KIND, cursor_)
+        sub_id = None if subscription_id is None else v.parse_id(subscription_id, "subscription_id")
+        rows = admin.list_deliveries(
+            c.conn,
+            status=status,
+            subscription_id=sub_id,
+            event_type=event_type,
+            limit=limit + 1,
+            tenant=c.tenant,
+            before=before,
+        )
+        return page(rows, limit, KIND)
+
+    return await ctx.run(list_page)
 
 
 @router.get(
@@ -49,9 +53,13 @@ def list_deliveries(
     responses=error_responses(404),
     summary="Show a delivery with its attempts",
 )
-def get_delivery(ctx: Context, delivery_id: int) -> Any:
+async def get_delivery(ctx: Context, delivery_id: int) -> Any:
     """One delivery, its event and every attempt (``attempt_history``)."""
-    return admin.get_delivery(ctx.conn, v.parse_id(delivery_id, "delivery_id"), tenant=ctx.tenant)
+    return await ctx.run(
+        lambda c: admin.get_delivery(
+            c.conn, v.parse_id(delivery_id, "delivery_id"), tenant=c.tenant
+        )
+    )
 
 
 @router.post(
@@ -61,10 +69,14 @@ def get_delivery(ctx: Context, delivery_id: int) -> Any:
     responses=error_responses(404, 409),
     summary="Replay a delivery",
 )
-def replay_delivery(ctx: Context, delivery_id: int) -> Any:
+async def replay_delivery(ctx: Context, delivery_id: int) -> Any:
     """Give the delivery a fresh retry budget, due now (``relay replay``); its history is
     kept. A delivery in flight is refused with 409 rather than sent twice."""
-    d_id = v.parse_id(delivery_id, "delivery_id")
-    with ctx.conn.transaction():
-        admin.replay(ctx.conn, [d_id], tenant=ctx.tenant)
-        return admin.get_delivery(ctx.conn, d_id, tenant=ctx.tenant)
+
+    def replay(c: Ctx) -> dict[str, Any]:
+        d_id = v.parse_id(delivery_id, "delivery_id")
+        with c.conn.transaction():
+            admin.replay(c.conn, [d_id], tenant=c.tenant)
+            return admin.get_delivery(c.conn, d_id, tenant=c.tenant)
+
+    return await ctx.run(replay)
