@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic_core import to_json
 
 from relay import admin
 from relay.admin import validation as v
@@ -27,10 +28,10 @@ async def list_deliveries(
     event_type: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     cursor_: Annotated[str | None, Query(alias="cursor", max_length=100)] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Deliveries of the key's subscriptions, newest first, filtered by every given field."""
 
-    def list_page(c: Ctx) -> dict[str, Any]:
+    def list_page(c: Ctx) -> bytes:
         before = cursor.decode(KIND, cursor_)
         sub_id = None if subscription_id is None else v.parse_id(subscription_id, "subscription_id")
         rows = admin.list_deliveries(
@@ -42,9 +43,14 @@ async def list_deliveries(
             tenant=c.tenant,
             before=before,
         )
-        return page(rows, limit, KIND)
+        # The dashboard's most frequent request, a page of up to 1000 rows: serialized
+        # straight from the rows, without FastAPI validating each into a Delivery first (half
+        # the CPU of the answer). The query's columns are the model's fields, in its order,
+        # each of its JSON type, so the bytes are the ones DeliveryPage would give (a test
+        # holds the answers to that).
+        return to_json(page(rows, limit, KIND))
 
-    return await ctx.run(list_page)
+    return Response(await ctx.run(list_page), media_type="application/json")
 
 
 @router.get(
