@@ -1,9 +1,9 @@
 """The ASGI application of ``relay api``: :func:`create_app` wires routers, errors, limits.
 
-Routes are plain (sync) functions over the admin operations, which are synchronous psycopg
-code shared with the CLI; FastAPI runs them in its worker threads, each on a connection of a
-``psycopg_pool.ConnectionPool``. One set of operations and rules, no async copy to keep in
-step.
+The admin operations are synchronous psycopg code shared with the CLI; the routes are
+``async def`` and run them in a worker thread (:meth:`relay.api.auth.Ctx.run`, one hop per
+request), on a connection of a ``psycopg_pool.ConnectionPool``. One set of operations and
+rules, no async copy to keep in step.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from relay import __version__
+from relay.api.auth import check_pending_key
 from relay.api.limits import BodyLimitMiddleware
 from relay.api.metrics import ApiMetrics, MetricsMiddleware
 from relay.api.models import Health
@@ -65,7 +67,7 @@ def create_app(
     )
     app.state.pool = pool
     app.state.metrics = metrics or ApiMetrics()
-    install(app)
+    install(app, before_invalid=check_pending_key)
 
     @app.get(
         "/healthz",
@@ -74,12 +76,11 @@ def create_app(
         summary="Liveness and database reachability (no key needed)",
         responses=error_responses(503),
     )
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         if app.state.pool is None:
             raise ApiProblem(503, "no database configured")
         try:
-            with app.state.pool.connection(timeout=5) as conn:
-                conn.execute("SELECT 1")
+            await run_in_threadpool(_ping, app.state.pool)
         except Exception:
             raise ApiProblem(503, "the database is unavailable") from None
         return {"status": "ok"}
@@ -112,6 +113,11 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _ping(pool: ConnectionPool[Any]) -> None:
+    with pool.connection(timeout=5) as conn:
+        conn.execute("SELECT 1")
 
 
 def _problem_media_types(doc: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Messages come from relay's own errors or from fixed text here; nothing echoes a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -148,8 +148,14 @@ def request_validation_errors(exc: RequestValidationError) -> tuple[int, str, li
     return status, detail, errors
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every error into problem+json."""
+def install(
+    app: FastAPI, before_invalid: Callable[[Request], Awaitable[None]] | None = None
+) -> None:
+    """Register the handlers that turn every error into problem+json.
+
+    ``before_invalid`` runs before FastAPI's own 422 (or 400) is answered; an error it raises
+    is answered instead (the API checks a request's key there: key first).
+    """
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -159,6 +165,13 @@ def install(app: FastAPI) -> None:
 
     async def on_request_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if before_invalid is not None:
+            try:
+                await before_invalid(request)
+            except StarletteHTTPException as first:
+                return await on_problem(request, first)
+            except DatabaseError as first:
+                return await on_database(request, first)
         status, detail, errors = request_validation_errors(exc)
         return problem(status, detail, errors)
 

@@ -101,3 +101,37 @@ def test_api_key_cli_shows_the_key_once_and_stores_a_hash(
     assert "not found" in capsys.readouterr().err
     assert cli(["api-key", "create", "--tenant", "", "--database-url", database_url]) == 2
     assert "tenant" in capsys.readouterr().err
+
+
+# Each request with input the API refuses (bad parameter, bad cursor, unknown body field, id
+# out of range): with a good key a 422, without one the same 401 as any other request. The
+# key is checked first, so a caller without a good key learns nothing about what the API
+# accepts.
+BAD_INPUT = [
+    ("GET", "/v1/deliveries?limit=0", None),
+    ("GET", "/v1/deliveries?cursor=bm90LWEtY3Vyc29y", None),
+    ("GET", "/v1/deliveries?subscription_id=0", None),
+    ("GET", "/v1/subscriptions?limit=abc", None),
+    ("GET", "/v1/deliveries/0", None),
+    ("GET", "/v1/subscriptions/99999999999999999999", None),
+    ("POST", "/v1/subscriptions", {"url": "https://e.com/", "colour": "red"}),
+    ("PATCH", "/v1/subscriptions/1", {"max_retries": "many"}),
+    ("POST", "/v1/portal-links", {"tenant": "acme", "ttl": "forever"}),
+]
+
+
+def test_the_key_is_checked_before_the_input(api: Api) -> None:
+    revoked = api.key("acme", name="gone")
+    with psycopg.connect(api.database_url, autocommit=True) as conn:
+        key_id = conn.execute("SELECT max(id) FROM relay.api_keys").fetchone()
+    assert key_id is not None
+    assert cli(["api-key", "revoke", str(key_id[0]), "--database-url", api.database_url]) == 0
+    with api.client(api.operator_key) as good:
+        for method, path, body in BAD_INPUT:
+            problem(good.request(method, path, json=body), 422)
+    for key in ("rk_" + "A" * 43, revoked, None):
+        with api.client(key) as c:
+            for method, path, body in BAD_INPUT:
+                r = c.request(method, path, json=body)
+                problem(r, 401)
+                assert r.headers["www-authenticate"].startswith("Bearer")

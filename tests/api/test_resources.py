@@ -250,3 +250,33 @@ def test_metrics_count_route_templates_not_raw_paths(api: Api) -> None:
     assert "'route': 'unmatched', 'status': '404'} 1.0" in text
     assert "/v1/deliveries/1'" not in text
     assert "relay_api_request_duration_seconds_bucket" in text
+
+
+def test_delivery_pages_are_what_their_model_serializes(api: Api) -> None:
+    # GET /v1/deliveries is serialized from the rows without building a Delivery of each
+    # (the dashboard's hot path): each answer must be byte for byte what DeliveryPage gives,
+    # every field in its order and format, nothing more.
+    from pydantic import TypeAdapter
+
+    from relay.api.models import DeliveryPage
+
+    model = TypeAdapter(DeliveryPage)
+    with psycopg.connect(api.database_url, autocommit=True) as conn:
+        sub = make_subscription(conn, "acme")
+        for status in ("dead", "delivered", "pending"):
+            make_delivery(conn, sub, tenant="acme", status=status, attempts=2)
+        make_delivery(conn, sub, tenant="acme", status="pending", attempts=0, leased=True)
+        internal = make_subscription(conn, None)
+        make_delivery(conn, internal, tenant=None, status="delivered")
+    for key in (api.operator_key, api.keys["acme"]):
+        with api.client(key) as c:
+            for params in ({}, {"limit": 2}, {"status": "pending"}, {"subscription_id": sub}):
+                r = c.get("/v1/deliveries", params=params)
+                assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+                assert r.content == model.dump_json(model.validate_json(r.content))
+                assert r.json()["data"]
+                if r.json()["next_cursor"]:
+                    more = c.get(
+                        "/v1/deliveries", params={**params, "cursor": r.json()["next_cursor"]}
+                    )
+                    assert more.content == model.dump_json(model.validate_json(more.content))

@@ -15,6 +15,6 @@ router = APIRouter(prefix="/v1/event-types", tags=["event types"], responses=COM
 
 
 @router.get("", response_model=EventTypePage, summary="List the event types")
-def list_event_types(ctx: Context) -> dict[str, Any]:
+async def list_event_types(ctx: Context) -> dict[str, Any]:
     """Every event type a subscription can name. The catalog is small: one page."""
-    return {"data": admin.list_event_types(ctx.conn), "next_cursor": None}
+    return {"data": await ctx.run(lambda c: admin.list_event_types(c.conn)), "next_cursor": None}

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from relay.api.auth import Context
+from relay.api.auth import Context, Ctx
 from relay.api.models import PortalLink, PortalLinkCreate
 from relay.api.problems import ApiProblem
 from relay.api.routes import COMMON_ERRORS, error_responses
@@ -27,15 +27,19 @@ router = APIRouter(prefix="/v1/portal-links", tags=["portal"], responses=COMMON_
     responses=error_responses(403),
     summary="Create a link to a tenant's portal",
 )
-def create_portal_link(
+async def create_portal_link(
     ctx: Context, body: PortalLinkCreate, request: Request, response: Response
 ) -> Any:
     """A URL that opens ``tenant``'s portal in a browser until it expires (operator key).
     Redirect the customer to it; it is shown only in this answer."""
-    if ctx.tenant is not None:
-        raise ApiProblem(403, "portal links are created with an operator key")
     base = body.base_url if body.base_url is not None else str(request.base_url).rstrip("/")
-    url, row = links.create_portal_link_row(ctx.conn, body.tenant, body.ttl, base)
+
+    def create(c: Ctx) -> tuple[str, dict[str, Any]]:
+        if c.tenant is not None:
+            raise ApiProblem(403, "portal links are created with an operator key")
+        return links.create_portal_link_row(c.conn, body.tenant, body.ttl, base)
+
+    url, row = await ctx.run(create)
     response.headers["Cache-Control"] = "no-store"
     return {
         "id": str(row["id"]),

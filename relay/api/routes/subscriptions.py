@@ -14,7 +14,7 @@ from relay import admin
 from relay.admin import validation as v
 from relay.api import changes as ch
 from relay.api import cursor
-from relay.api.auth import Context
+from relay.api.auth import Context, Ctx
 from relay.api.models import Subscription, SubscriptionCreate, SubscriptionPage, SubscriptionPatch
 from relay.api.routes import COMMON_ERRORS, error_responses
 
@@ -34,18 +34,22 @@ def page(rows: list[dict[str, Any]], limit: int, kind: str) -> dict[str, Any]:
 
 
 @router.get("", response_model=SubscriptionPage, summary="List subscriptions")
-def list_subscriptions(
+async def list_subscriptions(
     ctx: Context,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     cursor_: Annotated[str | None, Query(alias="cursor", max_length=100)] = None,
     include_removed: bool = False,
 ) -> dict[str, Any]:
     """The key's subscriptions (all of them for an operator key), oldest first."""
-    after = cursor.decode(KIND, cursor_)
-    rows = admin.list_subscriptions(
-        ctx.conn, include_removed, tenant=ctx.tenant, after=after, limit=limit + 1
-    )
-    return page(rows, limit, KIND)
+
+    def list_page(c: Ctx) -> dict[str, Any]:
+        after = cursor.decode(KIND, cursor_)
+        rows = admin.list_subscriptions(
+            c.conn, include_removed, tenant=c.tenant, after=after, limit=limit + 1
+        )
+        return page(rows, limit, KIND)
+
+    return await ctx.run(list_page)
 
 
 @router.post(
@@ -54,13 +58,17 @@ def list_subscriptions(
     response_model=Subscription,
     summary="Create a subscription",
 )
-def create_subscription(ctx: Context, body: SubscriptionCreate, response: Response) -> Any:
+async def create_subscription(ctx: Context, body: SubscriptionCreate, response: Response) -> Any:
     """Create a subscription; a tenant key's belongs to its tenant. With
     ``"secret": "generate"`` this answer is the only one that shows the new secret."""
-    changes = ch.for_create(body)
-    with ctx.conn.transaction():
-        result = admin.add_subscription(ctx.conn, changes, tenant=ctx.tenant)
-        row = admin.get_subscription(ctx.conn, result.id, tenant=ctx.tenant)
+
+    def create(c: Ctx) -> tuple[admin.SubscriptionResult, dict[str, Any]]:
+        changes = ch.for_create(body)
+        with c.conn.transaction():
+            result = admin.add_subscription(c.conn, changes, tenant=c.tenant)
+            return result, admin.get_subscription(c.conn, result.id, tenant=c.tenant)
+
+    result, row = await ctx.run(create)
     if result.generated_secret:
         row["secret"] = result.generated_secret
     response.headers["Location"] = f"/v1/subscriptions/{result.id}"
@@ -73,10 +81,12 @@ def create_subscription(ctx: Context, body: SubscriptionCreate, response: Respon
     responses=NOT_FOUND,
     summary="Show a subscription",
 )
-def get_subscription(ctx: Context, subscription_id: int) -> Any:
+async def get_subscription(ctx: Context, subscription_id: int) -> Any:
     """One subscription (removed ones too, with ``removed_at``)."""
-    return admin.get_subscription(
-        ctx.conn, v.parse_id(subscription_id, "subscription_id"), tenant=ctx.tenant
+    return await ctx.run(
+        lambda c: admin.get_subscription(
+            c.conn, v.parse_id(subscription_id, "subscription_id"), tenant=c.tenant
+        )
     )
 
 
@@ -86,22 +96,26 @@ def get_subscription(ctx: Context, subscription_id: int) -> Any:
     responses=NOT_FOUND,
     summary="Change a subscription",
 )
-def update_subscription(ctx: Context, subscription_id: int, body: SubscriptionPatch) -> Any:
+async def update_subscription(ctx: Context, subscription_id: int, body: SubscriptionPatch) -> Any:
     """Change the given fields (JSON merge patch); ``enabled: false`` pauses deliveries."""
-    sub_id = v.parse_id(subscription_id, "subscription_id")
-    with ctx.conn.transaction():
-        current = admin.get_subscription(ctx.conn, sub_id, tenant=ctx.tenant)
-        changes, enabled = ch.for_patch(body, current)
-        generated = None
-        if not changes.is_empty() or enabled is None:
-            result = admin.update_subscription(ctx.conn, sub_id, changes, tenant=ctx.tenant)
-            generated = result.generated_secret
-        if enabled is not None:
-            admin.set_enabled(ctx.conn, sub_id, enabled, tenant=ctx.tenant)
-        row = admin.get_subscription(ctx.conn, sub_id, tenant=ctx.tenant)
-    if generated:
-        row["secret"] = generated
-    return row
+
+    def update(c: Ctx) -> dict[str, Any]:
+        sub_id = v.parse_id(subscription_id, "subscription_id")
+        with c.conn.transaction():
+            current = admin.get_subscription(c.conn, sub_id, tenant=c.tenant)
+            changes, enabled = ch.for_patch(body, current)
+            generated = None
+            if not changes.is_empty() or enabled is None:
+                result = admin.update_subscription(c.conn, sub_id, changes, tenant=c.tenant)
+                generated = result.generated_secret
+            if enabled is not None:
+                admin.set_enabled(c.conn, sub_id, enabled, tenant=c.tenant)
+            row = admin.get_subscription(c.conn, sub_id, tenant=c.tenant)
+        if generated:
+            row["secret"] = generated
+        return row
+
+    return await ctx.run(update)
 
 
 @router.delete(
@@ -111,10 +125,12 @@ def update_subscription(ctx: Context, subscription_id: int, body: SubscriptionPa
     responses=NOT_FOUND,
     summary="Remove a subscription",
 )
-def remove_subscription(ctx: Context, subscription_id: int) -> Response:
+async def remove_subscription(ctx: Context, subscription_id: int) -> Response:
     """Soft-delete (``relay subscription remove``): its pending deliveries end dead, its
     history stays visible."""
-    admin.remove_subscription(
-        ctx.conn, v.parse_id(subscription_id, "subscription_id"), tenant=ctx.tenant
+    await ctx.run(
+        lambda c: admin.remove_subscription(
+            c.conn, v.parse_id(subscription_id, "subscription_id"), tenant=c.tenant
+        )
     )
     return Response(status_code=204)
