@@ -146,7 +146,8 @@ def wait_idle(limit: float, threshold: float = 0.25) -> tuple[float, float]:
 def code_fingerprint() -> str:
     """A hash of relay's code and SQL, to tell which version the figures belong to."""
     h = hashlib.sha256()
-    files = sorted((ROOT / "relay").glob("*.py")) + sorted((ROOT / "sql").rglob("*.sql"))
+    # every module and SQL file of the package (the SQL moved into relay/sql with issue 12)
+    files = sorted((ROOT / "relay").rglob("*.py")) + sorted((ROOT / "relay").rglob("*.sql"))
     for f in files:
         h.update(f.relative_to(ROOT).as_posix().encode())
         h.update(f.read_bytes())
