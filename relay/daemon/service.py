@@ -96,7 +96,13 @@ class Relay:
         self.listener = (
             Listener(url, self.signals.notified, prepare=config.prepare) if config.listen else None
         )
-        self.pruner = Pruner(config, self.store, self.metrics, self.stopping)
+        self.pruner = Pruner(
+            config,
+            self.store,
+            self.metrics,
+            self.stopping,
+            busy=lambda: self.attempts.slots.held > 0,
+        )
         self.health = Health(self, self.metrics.registry, config.metrics_host_port)
         self.notifier = SystemdNotifier()
         self.last_vacuum_check = time.monotonic()

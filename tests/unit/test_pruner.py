@@ -52,3 +52,40 @@ async def test_no_vacuum_turns_the_pass_vacuum_off() -> None:
     store.script("prune_deliveries", (True, 10, 10), (True, 10, 10), (True, 3, 3))
     await _one_step(store, vacuum=False)
     assert store.called("prune_deliveries") and store.called("vacuum_if_needed") == []
+
+
+def test_rest_is_the_batch_time_idle_and_longer_while_delivering() -> None:
+    assert pruner_mod.rest_seconds(0.05, busy=False) == pytest.approx(0.05)
+    assert pruner_mod.rest_seconds(0.05, busy=True) == pytest.approx(
+        0.05 * pruner_mod.PRUNE_REST_BUSY
+    )
+    # never less than the floor, however quick the batch
+    assert pruner_mod.rest_seconds(0.0, busy=True) == pruner_mod.PRUNE_PAUSE
+
+
+async def test_the_pass_asks_whether_the_relay_is_busy_between_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rests: list[float] = []
+
+    async def record(event: asyncio.Event, timeout: float) -> bool:
+        rests.append(timeout)
+        return False
+
+    monkeypatch.setattr(pruner_mod, "wait_for_event", record)
+    monkeypatch.setattr(pruner_mod, "PRUNE_PAUSE", 0.5)
+    store = ScriptedStore()
+    store.script("prune_deliveries", (True, 10, 10), (True, 10, 10), (True, 3, 3))
+    store.script("prune_outbox", (True, 9, 9, True))
+    asked: list[bool] = []
+
+    def busy() -> bool:
+        asked.append(True)
+        return True
+
+    config = Config(retention="1h")
+    pruner = Pruner(config, store, Metrics(CollectorRegistry()), asyncio.Event(), busy=busy)
+    await pruner.prune_pass(3600.0)
+    # two full delivery batches were each followed by a rest; busy was asked each time
+    assert len(asked) == 2
+    assert rests == [pytest.approx(0.5), pytest.approx(0.5)]
