@@ -291,7 +291,16 @@ def _function_plan(
     settings = [*settings, *extra_settings]
     for i, arg in enumerate(argnames[: len(args)]):
         body = re.sub(rf"\b{arg}\b", f"${i + 1}", body)
+    for variable, expression in FUNCTION_LOCALS.get(function, {}).items():
+        body = re.sub(rf"\b{variable}\b", expression, body)
     return _explain(conn, body, args, mode, settings, f"({types})")
+
+
+# Local variables a function's statements read, as the expressions that set them (after its
+# arguments became $1, $2, ...): relay.claim_deliveries() keeps the due ids in an array (0012).
+FUNCTION_LOCALS: dict[str, dict[str, str]] = {
+    "claim_deliveries": {"due_ids": "ARRAY(SELECT relay.claim_due($1, $2))"},
+}
 
 
 def _whole_reads(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -475,3 +484,28 @@ def test_ordered_claim_guard_is_index_probes(conn: Conn) -> None:
     text = "\n".join(r[0] for r in plan)
     print(f"\n--- the head of an aggregate\n{text}")
     assert "deliveries_aggregate_pending" in text and "Sort" not in text, text
+
+
+@pytest.mark.parametrize("mode", ["custom", "generic"])
+def test_claim_looks_up_the_rows_it_ended_by_key(big_conn: Conn, mode: str) -> None:
+    """After its lease, relay.claim_deliveries() looks up the deliveries it ended dead (to
+    promote what they held back). By `status = 'dead' AND dead_at = now()` alone, the cached
+    plan walked deliveries_dead_id (0011) reading every dead row from the table; since 0012 it
+    can read the due ids by primary key, and whichever index it picks, a condition bounds it."""
+    row = big_conn.execute(
+        "SELECT p.prosrc, coalesce(p.proconfig, '{}') FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'relay' AND p.proname = 'claim_deliveries'"
+    ).fetchone()
+    assert row is not None
+    body, settings = row
+    start = body.index("WITH ours AS MATERIALIZED")
+    lookup = body[start : _statement_end(body, start)]
+    lookup = re.sub(r"\bINTO ended_subs, ended_aggs, removed_subs\b", "", lookup)
+    lookup = re.sub(r"\bdue_ids\b", "$1", lookup)
+    plan, text = _explain(big_conn, lookup, [list(range(1, 101))], mode, settings, "(bigint[])")
+    print(f"\n--- claim's ended lookup ({mode})\n{text}")
+    scans = {
+        str(n.get("Index Name")) for n in _nodes(plan) if n.get("Relation Name") == "deliveries"
+    }
+    assert scans == {"deliveries_pkey"}, text
