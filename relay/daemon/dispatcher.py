@@ -57,8 +57,10 @@ class Dispatcher:
             # Fan out only as many events as this relay can start now, and lease their
             # deliveries to itself in the same statement. An event matching several
             # subscriptions takes several slots: size the batch by the recent fan-out so its
-            # deliveries are leased too, not left to a claim.
-            events = max(1, math.ceil(room / self.fanout_estimate))
+            # deliveries are leased too, not left to a claim. Rounded down: rounded up, a
+            # 1-event x 10-subscription drain left a few deliveries of every dispatch to a claim
+            # (153 extra claim statements per 20,000 deliveries, 5-10 % of its rate).
+            events = max(1, math.floor(room / self.fanout_estimate))
             limit, lease = min(events, self.config.dispatch_batch), room
         elif attempts.free_slots() > 0 and attempts.others_may_match():
             # A subscription is at its cap, but the next events may be for others: fan out a

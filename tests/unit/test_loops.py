@@ -190,8 +190,9 @@ async def test_dispatch_batches_are_sized_by_room_and_recent_fan_out() -> None:
     await finish_all(lo)
     lo.store.script("dispatch", (0, 0, []))
     await lo.dispatcher.step()
-    # 8 slots, ~1.9 deliveries per event: 5 events
-    assert lo.store.called("dispatch")[1] == (5, 8, LEASE)
+    # 8 slots, ~1.9 deliveries per event: 4 events, whose ~7.6 deliveries all fit the slots
+    # (5 would create ~9.5: some left unleased, for an extra claim statement)
+    assert lo.store.called("dispatch")[1] == (4, 8, LEASE)
 
 
 async def test_claims_are_sized_by_the_retries_due_after_a_short_claim() -> None:
