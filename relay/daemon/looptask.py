@@ -47,11 +47,7 @@ def bound_create_task(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     ) -> asyncio.Task[T]:
         if threading.get_ident() != owner or loop.is_closed():
             return original(coro, name=name, context=context)
-        if context is None:
-            task = loop.create_task(coro, name=name)
-        else:
-            task = loop.create_task(coro, name=name, context=context)
-        return task
+        return loop.create_task(coro, name=name, context=context)
 
     asyncio.create_task = create_task
     try:
