@@ -297,7 +297,7 @@ def _function_plan(
 
 
 # Local variables a function's statements read, as the expressions that set them (after its
-# arguments became $1, $2, ...): relay.claim_deliveries() keeps the due ids in an array (0012).
+# arguments became $1, $2, ...): relay.claim_deliveries() keeps the due ids in an array (0011).
 FUNCTION_LOCALS: dict[str, dict[str, str]] = {
     "claim_deliveries": {"due_ids": "ARRAY(SELECT relay.claim_due($1, $2))"},
 }
@@ -490,7 +490,7 @@ def test_ordered_claim_guard_is_index_probes(conn: Conn) -> None:
 def test_claim_looks_up_the_rows_it_ended_by_key(big_conn: Conn, mode: str) -> None:
     """After its lease, relay.claim_deliveries() looks up the deliveries it ended dead (to
     promote what they held back). By `status = 'dead' AND dead_at = now()` alone, the cached
-    plan walked deliveries_dead_id (0011) reading every dead row from the table; since 0012 it
+    plan could walk deliveries_dead_id reading every dead row from the table; since 0011 it
     can read the due ids by primary key, and whichever index it picks, a condition bounds it."""
     row = big_conn.execute(
         "SELECT p.prosrc, coalesce(p.proconfig, '{}') FROM pg_proc p"

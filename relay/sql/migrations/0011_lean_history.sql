@@ -50,6 +50,12 @@ ALTER TABLE relay.deliveries DROP CONSTRAINT deliveries_outbox_id_fkey;
 -- lease reads the event), taking a place in each batch. One primary-key probe of the outbox
 -- per claimed row; the dispatch, which leases most new deliveries, holds its outbox rows and
 -- needs none.
+-- Also new: the due ids are kept in an array, and the rows the claim ended (whose successors
+-- it promotes) are looked up by primary key. Found by `status = 'dead' AND dead_at = now()`
+-- as in 0006, the cached generic plan could take deliveries_dead_id (2. above, same predicate)
+-- and walk every dead row, reading each from the table to check dead_at (seen in the bench's
+-- EXPLAIN of the claim; tests/observability/test_query_plans.py::
+-- test_claim_looks_up_the_rows_it_ended_by_key).
 CREATE OR REPLACE FUNCTION relay.claim_deliveries(
     p_limit integer, p_saturated bigint[], p_owner text, p_token uuid, p_lease_seconds float8)
 RETURNS TABLE (
@@ -71,13 +77,20 @@ SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
+    due_ids bigint[];
     ended_subs bigint[];
     ended_aggs text[];
     removed_subs bigint[];
 BEGIN
+    -- The due rows first, kept: the lookup of the rows ended below reads them by key.
+    SELECT array_agg(due_id) INTO due_ids FROM relay.claim_due(p_limit, p_saturated) AS due_id;
+    IF due_ids IS NULL THEN
+        RETURN;
+    END IF;
+
     RETURN QUERY
     WITH due AS MATERIALIZED (
-        SELECT due_id FROM relay.claim_due(p_limit, p_saturated) AS due_id
+        SELECT unnest(due_ids) AS due_id
     ),
     checked AS MATERIALIZED (
         SELECT d.id AS delivery_id,
@@ -138,7 +151,15 @@ BEGIN
     )
     SELECT * FROM leased;
 
-    -- What the rows ended above held back (see the comment above the function).
+    -- What the rows ended above held back (see the comment above the function): the due rows
+    -- read by key first (MATERIALIZED, so that no `status = 'dead'` reaches the scan: under it
+    -- the planner could pick one of the partial indexes of the dead rows and walk it whole),
+    -- then those this statement ended.
+    WITH ours AS MATERIALIZED (
+        SELECT d.id, d.subscription_id, d.aggregate_id, d.status, d.dead_at
+        FROM relay.deliveries d
+        WHERE d.id = ANY (due_ids)
+    )
     SELECT array_agg(d.subscription_id)
                FILTER (WHERE s.removed_at IS NULL AND s.enabled AND s.ordered
                              AND d.aggregate_id IS NOT NULL),
@@ -147,7 +168,7 @@ BEGIN
                              AND d.aggregate_id IS NOT NULL),
            array_agg(DISTINCT d.subscription_id) FILTER (WHERE s.removed_at IS NOT NULL)
     INTO ended_subs, ended_aggs, removed_subs
-    FROM relay.deliveries d
+    FROM ours d
     JOIN relay.subscriptions s ON s.id = d.subscription_id
     WHERE d.status = 'dead' AND d.dead_at = now();
 
